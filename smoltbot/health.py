@@ -1,0 +1,169 @@
+"""
+Readiness: the probe loop that checks Redis, PostgreSQL and the license in the background, and
+the state `/health/ready` and `/health/startup` answer from without waiting on anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from smoltbot.metrics import Metrics
+
+
+class Pingable(Protocol):
+    """A dependency the probe can check: `ping()` fires with a latency in ms or fails."""
+
+    def ping(self) -> Deferred[float]: ...
+
+
+class HealthState:
+    """
+    What the daemon knows about its own health, updated by the probe loop and the lifecycle.
+
+    `started` flips once the listener is up; `draining` once shutdown has begun; `checks` holds
+    the latest result of each probe (DESIGN §1.2 shape).
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self.draining = False
+        self.checks: dict[str, dict[str, Any]] = {}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """The `/health/ready` status code and body (without the timestamp)."""
+        if self.draining:
+            return 503, {"status": "draining", "checks": self.checks}
+        if not self.checks:
+            return 503, {"status": "starting", "checks": {}}
+        ok = all(check.get("ok") for check in self.checks.values())
+        return (200 if ok else 503), {"status": "ok" if ok else "degraded", "checks": self.checks}
+
+    @property
+    def healthy(self) -> bool:
+        """Whether every latest check passed (the heartbeat's `health_status`)."""
+        return bool(self.checks) and all(check.get("ok") for check in self.checks.values())
+
+
+class ProbeService(Service):
+    """
+    Every `interval` seconds, ping Redis (`redis`) and PostgreSQL (`supabase`, the name kept for
+    existing dashboards) with a timeout each and measure their latency, and read the license
+    judgement; the results replace `state.checks` together when the round is done.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        state: HealthState,
+        *,
+        clock: IReactorTime,
+        metrics: Metrics,
+        kv: Pingable,
+        kv_mode: str,
+        database: Pingable | None,
+        license_check: Callable[[], dict[str, Any]],
+        interval: float = 5.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._metrics = metrics
+        self._kv = kv
+        self._kv_mode = kv_mode
+        self._database = database
+        self._license_check = license_check
+        self._interval = interval
+        self._timeout = timeout
+        self._loop = LoopingCall(self._run_safely)
+        self._loop.clock = clock
+        self._round: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        if self._round is not None:
+            self._round.cancel()
+        return None
+
+    def _run_safely(self) -> Deferred[None] | None:
+        if self._round is not None:
+            return None  # the previous round is still waiting on its timeouts
+        self._round = maybeDeferred(self.run_once)
+        self._round.addErrback(lambda f: self.log.failure("health probe round failed", failure=f))
+        self._round.addBoth(self._round_done)
+        return None
+
+    def _round_done(self, result: object) -> None:
+        self._round = None
+
+    def run_once(self) -> Deferred[None]:
+        """Run every probe once and publish the results."""
+        probes = [self._ping("redis", self._kv)]
+        if self._database is not None:
+            probes.append(self._ping("supabase", self._database))
+        done = DeferredList(probes, consumeErrors=True)
+
+        def publish(results: list[tuple[bool, tuple[str, dict[str, Any]]]]) -> None:
+            checks = dict(value for success, value in results if success)
+            checks["license"] = self._license_check()
+            for name, check in checks.items():
+                self._metrics.health_check_ok.labels(check=name).set(1 if check.get("ok") else 0)
+                if "latencyMs" in check:
+                    self._metrics.health_check_latency.labels(check=name).set(check["latencyMs"] / 1000.0)
+            self._report_changes(checks)
+            self._state.checks = checks
+
+        return done.addCallback(publish)
+
+    def _ping(self, name: str, dependency: Pingable) -> Deferred[tuple[str, dict[str, Any]]]:
+        started = self._clock.seconds()
+
+        def elapsed_ms() -> float:
+            return round((self._clock.seconds() - started) * 1000.0, 1)
+
+        def ok(latency: float) -> tuple[str, dict[str, Any]]:
+            check: dict[str, Any] = {"ok": True, "latencyMs": round(latency, 1)}
+            if name == "redis":
+                check["mode"] = self._kv_mode
+            return name, check
+
+        def failed(failure: Any) -> tuple[str, dict[str, Any]]:
+            if failure.check(TimeoutError):
+                reason = f"no answer within {self._timeout:g}s"
+            else:
+                reason = failure.getErrorMessage().strip().splitlines()[0] if failure.getErrorMessage().strip() else failure.type.__name__
+            check: dict[str, Any] = {"ok": False, "latencyMs": elapsed_ms(), "error": reason}
+            if name == "redis":
+                check["mode"] = self._kv_mode
+            return name, check
+
+        d = maybeDeferred(dependency.ping)
+        d.addTimeout(self._timeout, self._clock)
+        return d.addCallbacks(ok, failed)
+
+    def _report_changes(self, checks: dict[str, dict[str, Any]]) -> None:
+        for name, check in checks.items():
+            previous = self._state.checks.get(name)
+            if previous is not None and bool(previous.get("ok")) == bool(check.get("ok")):
+                continue
+            if check.get("ok"):
+                if previous is not None:
+                    self.log.info("health check {check} recovered", check=name)
+            else:
+                self.log.warn(
+                    "health check {check} failing: {reason}",
+                    check=name,
+                    reason=check.get("error") or check.get("warning") or "not ok",
+                )

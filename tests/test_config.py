@@ -1,0 +1,142 @@
+"""Tests for configuration loading: required variables, invalid values, overrides, defaults."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smoltbot.config import ConfigError, EnvValidationError, load_config
+
+BASE = {"DATABASE_URL": "postgresql://smoltbot:pw@db:5432/smoltbot", "ANTHROPIC_API_KEY": "sk-test"}
+
+
+def env(**changes):
+    values = dict(BASE)
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    return values
+
+
+class RequiredVariablesTests(SynchronousTestCase):
+    def test_every_missing_variable_listed_in_exact_message(self):
+        """With nothing set, the error lists DATABASE_URL and ANTHROPIC_API_KEY in the contract's exact words."""
+        with self.assertRaises(EnvValidationError) as raised:
+            load_config({})
+        self.assertEqual(
+            str(raised.exception),
+            "Missing required environment variables:\n  DATABASE_URL\n  ANTHROPIC_API_KEY\n\n"
+            "Set them in your .env or deployment configuration.",
+        )
+        self.assertEqual(raised.exception.missing, ["DATABASE_URL", "ANTHROPIC_API_KEY"])
+
+    def test_empty_string_counts_as_unset(self):
+        """An empty DATABASE_URL is reported missing."""
+        with self.assertRaises(EnvValidationError) as raised:
+            load_config(env(DATABASE_URL=""))
+        self.assertEqual(raised.exception.missing, ["DATABASE_URL"])
+
+    def test_anthropic_key_not_required_without_aip_or_with_hybrid(self):
+        """ANTHROPIC_API_KEY is required only while AIP is on and no analyze URL is set."""
+        self.assertFalse(load_config(env(ANTHROPIC_API_KEY=None, AIP_ENABLED="false")).aip_enabled)
+        config = load_config(env(ANTHROPIC_API_KEY=None, MNEMOM_ANALYZE_URL="https://api.example/v1/analyze"))
+        self.assertEqual(config.analyze_url, "https://api.example/v1/analyze")
+
+    def test_supabase_url_alias(self):
+        """SUPABASE_URL holding a PostgreSQL DSN stands in for DATABASE_URL."""
+        config = load_config(env(DATABASE_URL=None, SUPABASE_URL="postgres://u@h/d"))
+        self.assertEqual(config.database_url, "postgres://u@h/d")
+
+    def test_supabase_http_url_is_not_a_dsn(self):
+        """A SUPABASE_URL that is an HTTP URL does not satisfy DATABASE_URL."""
+        with self.assertRaises(EnvValidationError):
+            load_config(env(DATABASE_URL=None, SUPABASE_URL="https://x.supabase.co"))
+
+
+class InvalidValueTests(SynchronousTestCase):
+    def assertInvalid(self, name, value, fragment):
+        with self.assertRaises(ConfigError) as raised:
+            load_config(env(**{name: value}))
+        self.assertNotIsInstance(raised.exception, EnvValidationError)
+        self.assertIn(name, str(raised.exception))
+        self.assertIn(fragment, str(raised.exception))
+        return str(raised.exception)
+
+    def test_port(self):
+        """Non-numeric and out-of-range ports are refused, naming PORT."""
+        self.assertInvalid("PORT", "http", "whole number")
+        self.assertInvalid("PORT", "70000", "between 1 and 65535")
+        self.assertInvalid("PORT", "0", "between 1 and 65535")
+
+    def test_role(self):
+        """An unknown SMOLTBOT_ROLE is an error, not silently `all`."""
+        self.assertInvalid("SMOLTBOT_ROLE", "worker", "gateway, scheduler, all")
+
+    def test_log_level(self):
+        """An unknown LOG_LEVEL is an error."""
+        self.assertInvalid("LOG_LEVEL", "verbose", "debug, info, warn, error")
+
+    def test_redis_url_scheme(self):
+        """REDIS_URL must be redis:// or rediss://, and the password is not echoed."""
+        message = self.assertInvalid("REDIS_URL", "http://:hunter2@cache:6379", "redis://")
+        self.assertNotIn("hunter2", message)
+
+    def test_database_url_not_postgres(self):
+        """A DATABASE_URL that is not a PostgreSQL DSN is refused without echoing it."""
+        message = self.assertInvalid("DATABASE_URL", "mysql://root:s3cret@db/app", "PostgreSQL DSN")
+        self.assertNotIn("s3cret", message)
+
+    def test_libpq_keyword_dsn_accepted(self):
+        """A libpq key=value DSN is a valid DATABASE_URL."""
+        config = load_config(env(DATABASE_URL="host=127.0.0.1 dbname=smoltbot user=postgres"))
+        self.assertEqual(config.database_url, "host=127.0.0.1 dbname=smoltbot user=postgres")
+
+    def test_every_problem_reported_at_once(self):
+        """Several invalid values are listed together."""
+        with self.assertRaises(ConfigError) as raised:
+            load_config(env(PORT="x", LOG_LEVEL="loud", UPSTREAM_IDLE_TIMEOUT_SECONDS="-1"))
+        message = str(raised.exception)
+        for name in ("PORT", "LOG_LEVEL", "UPSTREAM_IDLE_TIMEOUT_SECONDS"):
+            self.assertIn(name, message)
+
+    def test_upstream_url(self):
+        """Upstream URLs must be http(s) without a query string."""
+        self.assertInvalid("OPENAI_UPSTREAM_URL", "ftp://x", "http")
+        self.assertInvalid("OPENAI_UPSTREAM_URL", "https://x/?key=1", "query")
+
+
+class DefaultsAndOverridesTests(SynchronousTestCase):
+    def test_defaults(self):
+        """Defaults match DESIGN §1.1."""
+        config = load_config(env(HOSTNAME="box1"))
+        self.assertEqual((config.port, config.host, config.role, config.log_level), (8787, "0.0.0.0", "all", "info"))
+        self.assertTrue(config.aip_enabled)
+        self.assertIsNone(config.redis_url)
+        self.assertEqual(config.kv_mode, "memory")
+        self.assertEqual(config.heartbeat_url, "https://api.mnemom.ai/v1/deployments/heartbeat")
+        self.assertEqual(config.deployment_id, "selfhosted-box1")
+        self.assertEqual(config.upstreams["anthropic"], "https://api.anthropic.com")
+        self.assertEqual(config.probe_interval, 5.0)
+
+    def test_empty_heartbeat_url_disables(self):
+        """HEARTBEAT_URL set to the empty string disables the heartbeat."""
+        self.assertIsNone(load_config(env(HEARTBEAT_URL="")).heartbeat_url)
+
+    def test_options_override_environment(self):
+        """twistd's --role, --port and --host win over the environment."""
+        config = load_config(env(PORT="9000", SMOLTBOT_ROLE="gateway"), {"port": "9100", "role": "scheduler", "host": "127.0.0.1"})
+        self.assertEqual((config.port, config.role, config.host), (9100, "scheduler", "127.0.0.1"))
+        self.assertFalse(config.runs_gateway)
+        self.assertTrue(config.runs_scheduler)
+
+    def test_invalid_override_named_by_variable(self):
+        """A bad --port is reported against PORT."""
+        with self.assertRaises(ConfigError) as raised:
+            load_config(env(), {"port": "abc"})
+        self.assertIn("PORT", str(raised.exception))
+
+    def test_secrets_not_in_repr(self):
+        """The config's repr holds no key, DSN or license."""
+        config = load_config(env(MNEMOM_LICENSE_JWT="a.b.c", REDIS_URL="redis://:pw@h:6379/0"))
+        text = repr(config)
+        for secret in ("sk-test", "smoltbot:pw", "a.b.c", ":pw@"):
+            self.assertNotIn(secret, text)
