@@ -14,9 +14,10 @@ import platform
 import resource
 import sys
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 from urllib.parse import urlsplit
 
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -35,7 +36,7 @@ class HeartbeatService(Service):
     """
     Sends a heartbeat at start and then every `interval` seconds on `reactor`'s clock.
 
-    `http_client` is a treq `HTTPClient` (or anything with its `post`); `health_status` returns
+    `http_client` is a treq `HTTPClient` (tests may pass a `StubTreq`); `health_status` returns
     `"healthy"` or `"degraded"` from the readiness probes; `started_at` is `reactor.seconds()`
     when the daemon started. A beat due while the previous one is still in flight is skipped.
     """
@@ -52,7 +53,7 @@ class HeartbeatService(Service):
         interval: float = 60,
         timeout: float = 10,
         reactor: IReactorTime,
-        http_client: Any,
+        http_client: HTTPClient,
         health_status: Callable[[], str],
         metrics: Metrics,
         started_at: float,
@@ -103,11 +104,11 @@ class HeartbeatService(Service):
                 unbuffered=True,
             )
         except Exception:
-            self.log.failure("[heartbeat] Could not start the heartbeat")
             self._count("failed")
+            self.log.failure("[heartbeat] Could not start the heartbeat")
             return
         d.addCallback(self._drain)
-        d.addTimeout(self._timeout, self._reactor)
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_timed_out)
         d.addCallbacks(self._answered, self._failed)
         d.addErrback(lambda failure: self.log.failure("[heartbeat] Unexpected error", failure))
         self._in_flight = d
@@ -130,7 +131,7 @@ class HeartbeatService(Service):
                 "platform": sys.platform,
                 "memory_usage_mb": _rss_mb(),
             },
-            "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": _iso_utc_ms(now),
         }
 
     def _drain(self, response: IResponse) -> Deferred[int]:
@@ -143,31 +144,38 @@ class HeartbeatService(Service):
         if 200 <= status < 300:
             self._count("ok")
         else:
-            self.log.warn("[heartbeat] Server returned {status} \N{EM DASH} continuing operation", status=status)
             self._count("http_error")
+            self.log.warn("[heartbeat] Server returned {status} \N{EM DASH} continuing operation", status=status)
 
     def _failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return  # abandoned by stopService
-        self.log.warn("[heartbeat] Failed to send heartbeat: {reason}", reason=self._reason(failure))
-        self._count("failed")
-
-    def _reason(self, failure: Failure) -> str:
-        """Exception class and short message, without the license or the URL's query."""
         error = failure.value
         wrapped = getattr(error, "reasons", None)  # ResponseFailed, ResponseNeverReceived, ...
         if wrapped:
             error = wrapped[0].value
-        if isinstance(error, TimeoutError):
-            text = f"TimeoutError: no response within {self._timeout:g} s"
-        else:
-            text = f"{type(error).__name__}: {error}".rstrip(": ")
+        if isinstance(error, CancelledError):
+            return  # abandoned by stopService
+        self._count("failed")
+        self.log.warn("[heartbeat] Failed to send heartbeat: {reason}", reason=self._redact(error))
+
+    def _redact(self, error: BaseException) -> str:
+        """Exception class and short message, without the license or the URL's query."""
+        text = f"{type(error).__name__}: {error}".rstrip(": ")
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
         return text[:200]
 
     def _count(self, result: str) -> None:
         self._metrics.heartbeats.labels(result=result).inc()
+
+
+def _iso_utc_ms(when: float) -> str:
+    """A Unix time as ISO 8601 UTC with milliseconds and a `Z`."""
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _timed_out(result: object, timeout: float) -> NoReturn:
+    """`addTimeout`'s translation: whatever the cancelled request produced, report the timeout."""
+    raise TimeoutError(f"no response within {timeout:g} s")
 
 
 class _Discard(Protocol):

@@ -42,8 +42,9 @@ def _key_pair(kind: str) -> tuple[str, object]:
     return pem.decode(), private
 
 
-def _signed(kind: str, claims: dict = CLAIMS, algorithm: str | None = None) -> str:
-    return jwt.encode(claims, _key_pair(kind)[1], algorithm=algorithm or {"rsa": "RS256", "ec": "ES256"}.get(kind, "EdDSA"))
+def _signed(kind: str) -> str:
+    algorithm = {"rsa": "RS256", "ec": "ES256", "ed25519": "EdDSA"}[kind]
+    return jwt.encode(CLAIMS, _key_pair(kind)[1], algorithm=algorithm)
 
 
 class JudgeLicenseTests(SynchronousTestCase):
