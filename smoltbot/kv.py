@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -43,7 +43,9 @@ _TIMEOUTS_BEFORE_RECONNECT = 3
 
 class KVStore(Service, ABC):
     """
-    A fail-open key-value store; every method returns a Deferred that never fails (but `ping`).
+    A fail-open key-value store: every method returns a Deferred that never fails, except
+    `ping`, which fails when the store does not answer (for the readiness probe). `get_json`
+    counts as a `get`. Only a programming error (bad `put` arguments) raises, at once.
 
     Run it as a service (`setServiceParent`); `mode` is "redis" or "memory".
     """
@@ -277,7 +279,8 @@ class RedisKV(KVStore):
     def stopService(self) -> Deferred[None]:
         """Stop reconnecting and drop the connection; fire when the socket is closed."""
         super().stopService()
-        assert self._factory is not None
+        if self._factory is None:
+            return succeed(None)
         # Aborted, not closed: a TLS close waits for a handshake that may never finish.
         latest = self._endpoint.latest
         if latest is not None and latest.connected:
@@ -318,13 +321,13 @@ class RedisKV(KVStore):
         self._waiters.append(waiter)
         return waiter
 
-    def _send(self, command: Callable[[BaseRedisProtocol], Deferred[_T]]) -> Deferred[_T]:
+    def _send(self, *command: str | int) -> Deferred[Any]:
         """Send one command on the live connection, or fail at once when there is none."""
         if self._connection is None:
             import txredisapi
 
             return fail(txredisapi.ConnectionError("not connected to Redis"))
-        return maybeDeferred(command, self._connection)
+        return maybeDeferred(self._connection.execute_command, *command)
 
     def _bounded(self, work: Deferred[_T], timeout: float) -> Deferred[_T]:
         """Time `work` out after `timeout`; drop a connection that keeps timing out."""
@@ -342,16 +345,8 @@ class RedisKV(KVStore):
 
         return work.addTimeout(timeout, self._reactor).addBoth(settled)
 
-    def _run(
-        self,
-        operation: str,
-        work: Deferred[_T] | Coroutine[Deferred[Any], Any, _T],
-        classify: Callable[[_T], str],
-        fallback: _T,
-    ) -> Deferred[_T]:
+    def _run(self, operation: str, work: Deferred[_T], classify: Callable[[_T], str], fallback: _T) -> Deferred[_T]:
         """Bound, count and log one operation; its failure becomes `fallback`."""
-        if not isinstance(work, Deferred):
-            work = Deferred.fromCoroutine(work)
 
         def succeeded(result: _T) -> _T:
             self._count(operation, classify(result))
@@ -378,31 +373,30 @@ class RedisKV(KVStore):
         return self._bounded(work, self._op_timeout).addCallbacks(succeeded, failed)
 
     def get(self, key: str) -> Deferred[str | None]:
-        work = self._send(lambda c: c.get(self._prefix + key))
+        work = self._send("GET", self._prefix + key)
         return self._run("get", work, lambda value: "miss" if value is None else "hit", None)
 
     def put(self, key: str, value: str, *, ttl: float | None = None, expiration: float | None = None) -> Deferred[None]:
         seconds = _ttl_seconds(ttl, expiration, self._reactor.seconds())
-        name = self._prefix + key
         if seconds is None:
-            work = self._send(lambda c: c.set(name, value))
+            work = self._send("SET", self._prefix + key, value)
         else:
-            work = self._send(lambda c: c.setex(name, math.ceil(seconds), value))
+            work = self._send("SETEX", self._prefix + key, math.ceil(seconds), value)
         return self._run("put", work.addCallback(lambda _: None), lambda _: "ok", None)
 
     def delete(self, key: str) -> Deferred[None]:
-        work = self._send(lambda c: c.delete(self._prefix + key))
+        work = self._send("DEL", self._prefix + key)
         return self._run("delete", work.addCallback(lambda _: None), lambda _: "ok", None)
 
     def list(self, prefix: str, limit: int = 1000) -> Deferred[_Keys]:
-        return self._run("list", self._scan(prefix, limit), lambda _: "ok", [])
+        return self._run("list", Deferred.fromCoroutine(self._scan(prefix, limit)), lambda _: "ok", [])
 
     async def _scan(self, prefix: str, limit: int) -> _Keys:
         pattern = _glob_escape(self._prefix + prefix) + "*"
         keys: _Keys = []
         cursor = "0"
         while True:
-            cursor, batch = await self._send(lambda c: c.scan(cursor, pattern, max(limit, 10)))
+            cursor, batch = await self._send("SCAN", cursor, "MATCH", pattern, "COUNT", max(limit, 100))
             keys.extend(name[len(self._prefix) :] for name in batch)
             if cursor == "0" or len(keys) >= limit:
                 return keys[:limit]
@@ -416,7 +410,7 @@ class RedisKV(KVStore):
         async def round_trip() -> float:
             await self.when_connected()
             started = self._reactor.seconds()
-            reply = await self._send(lambda c: c.ping())
+            reply = await self._send("PING")
             if reply != "PONG":
                 raise ValueError(f"unexpected PING reply {reply!r}")
             return (self._reactor.seconds() - started) * 1000
@@ -425,7 +419,7 @@ class RedisKV(KVStore):
 
 
 def make_kv(
-    redis_url: str | None,
+    redis_url: str | None,  # None or "" means unset
     *,
     reactor: Any,
     metrics: Metrics,
@@ -437,7 +431,7 @@ def make_kv(
     Build the store `REDIS_URL` asks for: Redis when set, otherwise an in-memory store (and a
     warning, since it is neither shared between processes nor kept across restarts).
     """
-    if redis_url is None:
+    if not redis_url:
         MemoryKV.log.warn("REDIS_URL is not set: using an in-memory KV store (per process, not shared)")
         return MemoryKV(reactor, metrics)
     return RedisKV(

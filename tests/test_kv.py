@@ -6,8 +6,6 @@ server (directly, and through a FaultProxy that refuses, hangs or cuts connectio
 import os
 import sys
 
-import smoltbot
-
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import Clock
@@ -15,6 +13,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import smoltbot
 from smoltbot.kv import MemoryKV, RedisAddress, RedisKV, make_kv, parse_redis_url
 from smoltbot.metrics import Metrics
 from tests.faultproxy import FaultProxy
@@ -139,11 +138,12 @@ class ParseRedisUrlTests(SynchronousTestCase):
         self.assertNotIn("hunter2", repr(address))
 
     def test_make_kv(self) -> None:
-        """make_kv gives a MemoryKV without a URL and an unstarted RedisKV with one."""
+        """make_kv gives a MemoryKV without a URL (None or empty) and an unstarted RedisKV with one."""
         metrics = Metrics("test")
         self.assertEqual(make_kv(None, reactor=Clock(), metrics=metrics).mode, "memory")
+        self.assertEqual(make_kv("", reactor=Clock(), metrics=metrics).mode, "memory")
         kv = make_kv("redis://h/1", reactor=Clock(), metrics=metrics, prefix="p:")
-        self.assertIsInstance(kv, RedisKV)
+        assert isinstance(kv, RedisKV)
         self.assertEqual((kv.mode, kv.address.db, kv.running), ("redis", 1, 0))
         self.assertRaises(ValueError, make_kv, "memcached://h", reactor=Clock(), metrics=metrics)
 
@@ -166,8 +166,11 @@ class RedisKVTests(TestCase):
         self.prefix = f"{REDIS_PREFIX}{self._testMethodName}:"
         self.metrics = Metrics("test")
 
-    def _store(self, url: str = REDIS_URL, op_timeout: float = 0.2) -> RedisKV:
+    def _store(self, url: str = REDIS_URL, op_timeout: float = 0.2, events: list | None = None) -> RedisKV:
+        """A started RedisKV under this test's prefix, stopped at the end; its log goes to `events` if given."""
         kv = RedisKV(url, reactor=reactor, metrics=self.metrics, prefix=self.prefix, op_timeout=op_timeout)
+        if events is not None:
+            kv.log = Logger(observer=events.append)
         kv.startService()
         self.addCleanup(kv.stopService)
         return kv
@@ -200,7 +203,7 @@ class RedisKVTests(TestCase):
         kv = self._store()
         await kv.when_connected()
         self.assertEqual(kv.mode, "redis")
-        self.assertIsNone(await kv.put("k", "v"))
+        await kv.put("k", "v")
         self.assertEqual(await kv.get("k"), "v")
         self.assertEqual(await raw.get(self.prefix + "k"), "v")
         self.assertEqual(await raw.ttl(self.prefix + "k"), -1)
@@ -255,15 +258,7 @@ class RedisKVTests(TestCase):
         """Credentials from the URL authenticate, the URL's database is selected, and no log shows the password."""
         raw = await self._raw(db=3)
         events: list[dict] = []
-        kv = RedisKV(
-            f"redis://default:s3cret@{_REDIS.host}:{_REDIS.port}/3",
-            reactor=reactor,
-            metrics=self.metrics,
-            prefix=self.prefix,
-        )
-        kv.log = Logger(observer=events.append)
-        kv.startService()
-        self.addCleanup(kv.stopService)
+        kv = self._store(f"redis://default:s3cret@{_REDIS.host}:{_REDIS.port}/3", events=events)
         await kv.when_connected()
         await kv.put("k", "v")
         self.assertEqual(await raw.get(self.prefix + "k"), "v")
@@ -291,9 +286,9 @@ class RedisKVTests(TestCase):
         _, url = await self._proxy("hang")
         kv = self._store(url, op_timeout=0.2)
         await kv.when_connected()
-        for call, empty in [(lambda: kv.get("k"), None), (lambda: kv.list(""), [])]:
+        for call in (lambda: kv.get("k"), lambda: kv.list("")):
             started = reactor.seconds()
-            self.assertEqual(await call(), empty)
+            self.assertFalse(await call())
             self.assertLess(reactor.seconds() - started, 0.2 + 0.1)
         self.assertEqual(_count(self.metrics, "get", "timeout"), 1)
         self.assertEqual(_count(self.metrics, "list", "timeout"), 1)
@@ -330,6 +325,35 @@ class RedisKVTests(TestCase):
         await kv.when_connected()
         self.assertEqual(await kv.get("k"), "v")
         self.assertEqual(_count(self.metrics, "get", "hit"), 1)
+
+    async def test_failures_logged_on_state_change_only(self) -> None:
+        """Many failed calls log one warning, and the first success after them logs one line with their count."""
+        events: list[dict] = []
+        proxy, url = await self._proxy()
+        kv = self._store(url, events=events)
+        await kv.when_connected()
+        proxy.mode = "refuse"
+        proxy.cut()
+        await kv.delete("k")
+        for _ in range(50):
+            self.successResultOf(kv.get("k"))
+        proxy.mode = "relay"
+        await kv.when_connected()
+        await kv.get("k")
+        await kv.get("k")
+        formats = [event["log_format"] for event in events]
+        self.assertEqual(
+            formats,
+            [
+                "Connected to Redis at {address}",
+                "Lost the Redis connection to {address}; reconnecting",
+                formats[2],
+                "Connected to Redis at {address}",
+                "Redis calls succeed again after {failures} failed",
+            ],
+        )
+        self.assertTrue(formats[2].startswith("Redis {operation} failed"))
+        self.assertEqual((events[2]["operation"], events[-1]["failures"]), ("delete", 51))
 
     async def test_tls(self) -> None:
         """rediss:// speaks TLS, so a plaintext server is never taken for a working connection."""
