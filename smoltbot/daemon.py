@@ -184,8 +184,6 @@ class GatewayService(MultiService):
             port=self.listening_port,
             pid=os.getpid(),
         )
-        if self.config.redis_url is None:
-            self.log.warn("REDIS_URL is not set: using the in-memory KV store (per process, lost at restart)")
         if self.heartbeat is None:
             self.log.info("heartbeat disabled (HEARTBEAT_URL is empty)")
         super().startService()
