@@ -205,12 +205,10 @@ def _addresses(reactor: Reactor, host: str) -> Deferred[list[str]]:
     return succeed([host])
 
 
-async def _interaction(cursor: Cursor, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-    """Call an interaction function, awaiting its result whether it is a Deferred or a coroutine."""
+def _interaction(cursor: Cursor, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    """Call an interaction function; a coroutine it returns is run as a Deferred."""
     result = fn(cursor, *args, **kw)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    return Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else result
 
 
 @dataclass(eq=False)
@@ -422,14 +420,13 @@ class Database(Service):
         slot.attempt = slot.opening = None
         if not self.running:
             return
-        reason = f"no answer within {self._connect_timeout:g}s" if timed_out else self._describe(failure)
-        self.last_error = reason
-        self._warn("database connection failed: {error}", reason)
         slot.failures += 1
         backoff = self._reconnect_delay * 2 ** min(slot.failures - 1, 16) * random.uniform(0.8, 1.2)
         slot.timer = self._reactor.callLater(min(backoff, self._max_reconnect_delay), self._retry, slot)
+        self.last_error = f"no answer within {self._connect_timeout:g}s" if timed_out else self._describe(failure)
         if not self.connected:
             self._fail_waiting(self._unavailable())
+        self._warn("database connection failed: {error}", self.last_error)
 
     def _retry(self, slot: _Slot) -> None:
         slot.timer = None
@@ -446,7 +443,6 @@ class Database(Service):
         if op is not None:
             op.slot = None
         if self.running:
-            self._warn(message, reason)
             slot.timer = self._reactor.callLater(0, self._retry, slot)
         if op is not None:
             if op.retry and not op.retried and self.running:
@@ -458,6 +454,8 @@ class Database(Service):
             self._fail_waiting(self._unavailable(), spare_retries=True)
         self._dispatch()
         self._check_drained()
+        if self.running:
+            self._warn(message, reason)
 
     def _close(self, slot: _Slot) -> None:
         conn, slot.conn = slot.conn, None
