@@ -48,12 +48,12 @@ Reactor = Any
 _CLIENT_GRACE = 0.5  # seconds past query_timeout before a silent connection is closed
 _LOG_REPEAT_INTERVAL = 60.0  # seconds during which an identical failure line is not repeated
 
-# Where a DSN keeps its password: URL userinfo (up to the last "@", to be safe when the password
-# holds an unescaped "@"), a URL query parameter, or a libpq key=value pair (maybe quoted).
+# Where a DSN keeps a password (or an sslpassword): URL userinfo (up to the last "@", to be safe
+# when the password holds an unescaped "@"), a URL query parameter, or a key=value pair (maybe quoted).
 _SECRET_PATTERNS = (
     re.compile(r"^[a-z][a-z0-9+.-]*://[^:@/?#]*:(?P<secret>.*)@", re.IGNORECASE | re.DOTALL),
-    re.compile(r"[?&]password=(?P<secret>[^&#]*)", re.IGNORECASE),
-    re.compile(r"(?:^|\s)password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*(?:'|$)|\S*)", re.IGNORECASE),
+    re.compile(r"[?&](?:ssl)?password=(?P<secret>[^&#]*)", re.IGNORECASE),
+    re.compile(r"(?:^|\s)(?:ssl)?password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*(?:'|$)|\S*)", re.IGNORECASE),
 )
 
 
@@ -93,9 +93,10 @@ def _secrets(dsn: str) -> list[str]:
     found = {m.group("secret") for pattern in _SECRET_PATTERNS for m in pattern.finditer(dsn)}
     found |= {unquote(s) for s in found} | {s.strip("'") for s in found}
     try:
-        found.add(parse_dsn(dsn).get("password", ""))
+        params = parse_dsn(dsn)
     except psycopg2.Error:
-        pass
+        params = {}
+    found |= {params.get("password", ""), params.get("sslpassword", "")}
     return sorted((s for s in found if s), key=len, reverse=True)
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from smoltbot.database import Database, DatabaseUnavailable, QueryTimeout, redact_dsn
 from tests.faultproxy import FaultProxy
@@ -27,6 +28,7 @@ def within(d: Deferred[Any], seconds: float = 10.0) -> Deferred[Any]:
     return d.addTimeout(seconds, reactor)
 
 
+@implementer(ILogObserver)
 class LogWatcher:
     """Collects the pool's log lines and fires Deferreds when an expected one is emitted."""
 
@@ -66,6 +68,8 @@ class RedactionTests(SynchronousTestCase):
             "postgresql://u@db/app?sslmode=require&password=pw": "postgresql://u@db/app?sslmode=require&password=***",
             "host=db password=pw dbname=app": "host=db password=*** dbname=app",
             "host=db password = 'p w\\' x' dbname=app": "host=db password = *** dbname=app",
+            "postgresql://u@db/app?sslpassword=pw": "postgresql://u@db/app?sslpassword=***",
+            "host=db sslpassword=pw": "host=db sslpassword=***",
             "postgresql://u@db/app": "postgresql://u@db/app",
             "host=db dbname=app": "host=db dbname=app",
         }
