@@ -284,7 +284,7 @@ class Database(Service):
         self._last_warning: tuple[str, str] | None = None
         self._last_warning_at = 0.0
         self._suppressed = 0
-        #: Why the latest connection attempt failed (password-free), or None.
+        #: Why a connection last failed to open or was lost (password-free); None once one is up again.
         self.last_error: str | None = None
 
     # -- state, for readiness probes and metrics
@@ -325,7 +325,7 @@ class Database(Service):
         return self._submit(lambda conn: conn.runOperation(sql, params), retry_idempotent)
 
     def run_interaction(
-        self, fn: Callable[..., Any], *args: Any, retry_idempotent: bool = False, **kw: Any
+        self, fn: Callable[..., Any], /, *args: Any, retry_idempotent: bool = False, **kw: Any
     ) -> Deferred[Any]:
         """
         Run `fn(cursor, *args, **kw)` in a transaction and fire with its result.
@@ -445,6 +445,7 @@ class Database(Service):
             op.slot = None
         if self.running:
             slot.timer = self._reactor.callLater(0, self._retry, slot)
+            self.last_error = reason
         if op is not None:
             if op.retry and not op.retried and self.running:
                 op.retried = True
@@ -520,7 +521,8 @@ class Database(Service):
         slot = op.slot
         if slot is not None:
             op.slot = slot.op = None
-            self._drop(slot, "closing a database connection: {error}", "no answer before the call's deadline")
+            reason = "no answer before the call's deadline" if error is not None else "its call was cancelled"
+            self._drop(slot, "closing a database connection: {error}", reason)
         elif op in self._waiting:
             self._waiting.remove(op)
         if error is not None:

@@ -7,12 +7,14 @@ emitted, a query answered), with short injected timeouts and reconnect delays.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -82,6 +84,33 @@ class RedactionTests(SynchronousTestCase):
             error = self.assertRaises(ValueError, Database, dsn, reactor=reactor)
             self.assertNotIn(MARKER, str(error))
             self.assertIn("***", str(error))
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_backoff_and_quiet_logs(self) -> None:
+        """Attempts on a silent server end at the connect timeout, back off up to the cap, and log a repeated failure once a minute."""
+        listener = socket.socket()  # completes TCP handshakes but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        self.addCleanup(listener.close)
+        clock = MemoryReactorClock()
+        dsn = f"postgresql://postgres:{MARKER}@127.0.0.1:{listener.getsockname()[1]}/x"
+        db = Database(dsn, reactor=clock, pool_size=1, connect_timeout=1, reconnect_delay=1, max_reconnect_delay=4)
+        events: list[dict[str, Any]] = []
+        db.log = Logger(observer=events.append)
+        db.startService()
+        delays = []
+        while clock.seconds() < 65:
+            clock.advance(1)  # the attempt's deadline
+            [retry] = clock.getDelayedCalls()
+            delays.append(round(retry.getTime() - clock.seconds(), 6))
+            clock.advance(retry.getTime() - clock.seconds())  # the next attempt starts
+        self.assertTrue(0.8 <= delays[0] <= 1.2 and 1.6 <= delays[1] <= 2.4 and 3.2 <= delays[2] <= 4, delays)
+        self.assertEqual(set(delays[3:]), {4})
+        self.assertEqual([formatEvent(e) for e in events], ["database connection failed: no answer within 1s"] * 2)
+        self.assertEqual(events[1]["suppressed"], len(delays) - 2)
+        self.successResultOf(db.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class DatabaseTests(TestCase):
@@ -252,6 +281,17 @@ class DatabaseTests(TestCase):
         self.assertEqual(await within(db.run_interaction(insert, 1)), 1)
         await self.assertFailure(within(db.run_interaction(insert, 2, fail=True)), ValueError)
         self.assertEqual(await within(db.run_query("SELECT n FROM interaction_test")), [(1,)])
+
+    async def test_cancelled_call(self) -> None:
+        """A call its caller cancels fails at once with CancelledError, and its connection is replaced."""
+        db, _ = await self.pool(pool_size=1)
+        await within(db.when_connected())
+        pid = await self.backend_pid(db)
+        d = db.run_query("SELECT pg_sleep(5)")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        await within(db.when_connected())
+        self.assertNotEqual(await self.backend_pid(db), pid)
 
     async def test_sql_error_keeps_connection(self) -> None:
         """An SQL error reaches the caller as the psycopg2 error and the connection stays in the pool."""
