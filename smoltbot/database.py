@@ -316,7 +316,9 @@ class Database(Service):
 
     # -- the API
 
-    def run_query(self, sql: str, params: Any = None, *, retry_idempotent: bool = False) -> Deferred[list[tuple[Any, ...]]]:
+    def run_query(
+        self, sql: str, params: Any = None, *, retry_idempotent: bool = False
+    ) -> Deferred[list[tuple[Any, ...]]]:
         """Run one statement and fire with all its rows."""
         return self._submit(lambda conn: conn.runQuery(sql, params), retry_idempotent)
 

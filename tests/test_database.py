@@ -88,7 +88,7 @@ class RedactionTests(SynchronousTestCase):
 
 class BackoffTests(SynchronousTestCase):
     def test_backoff_and_quiet_logs(self) -> None:
-        """Attempts on a silent server end at the connect timeout, back off up to the cap, and log a repeated failure once a minute."""
+        """Attempts on a silent server stop at the connect timeout, back off to a cap, and log once a minute."""
         listener = socket.socket()  # completes TCP handshakes but never answers
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)

@@ -89,7 +89,9 @@ class PlanTests(SynchronousTestCase):
     def test_format_status(self) -> None:
         """format_status() gives one line per file in name order, flagging changed and missing ones."""
         at = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
-        status = Status(("0002_b.sql",), (migration("0003_c.sql"),), ("0001_a.sql",), ("0000_z.sql",), {"0002_b.sql": at})
+        status = Status(
+            ("0002_b.sql",), (migration("0003_c.sql"),), ("0001_a.sql",), ("0000_z.sql",), {"0002_b.sql": at}
+        )
         self.assertEqual(
             format_status(status),
             [
@@ -112,11 +114,11 @@ class MigrateCommandTests(TestCase):
         self.db.startService()
         self.addCleanup(self.db.stopService)
 
-    async def migrate(self, directory: str | None, status_only: bool = False, dsn: str | None = None) -> tuple[int, list[str]]:
+    async def migrate(self, directory: str | None, status_only: bool = False) -> tuple[int, list[str]]:
         lines: list[str] = []
         code = await migrate_command(
             reactor,
-            dsn or self.dsn,
+            self.dsn,
             status_only=status_only,
             write=lines.append,
             connect_timeout=2,
@@ -136,7 +138,10 @@ class MigrateCommandTests(TestCase):
 
     async def test_applies_in_order(self) -> None:
         """Pending files are applied in name order, each reported `OK`, and tracked with their checksums."""
-        files = {"0002_b.sql": "CREATE TABLE b (a_id int REFERENCES a (id));", "0001_a.sql": "CREATE TABLE a (id int PRIMARY KEY);"}
+        files = {
+            "0002_b.sql": "CREATE TABLE b (a_id int REFERENCES a (id));",
+            "0001_a.sql": "CREATE TABLE a (id int PRIMARY KEY);",
+        }
         self.assertEqual(await self.migrate(make_dir(self, files)), (0, ["OK 0001_a.sql", "OK 0002_b.sql"]))
         self.assertEqual(await self.tracked(), [(name, sha256(files[name])) for name in sorted(files)])
 
@@ -149,7 +154,7 @@ class MigrateCommandTests(TestCase):
         self.assertEqual(await self.query("SELECT * FROM _schema_migrations"), rows)
 
     async def test_failure_stops_and_fix_applies(self) -> None:
-        """A failing file is reported `FAIL`, exits 1 and leaves no trace; fixed, the next run applies it and the rest."""
+        """A failing file is reported, exits 1 and leaves no trace; once fixed, the next run applies it and the rest."""
         path = make_dir(
             self,
             {
@@ -193,7 +198,8 @@ class MigrateCommandTests(TestCase):
     async def test_concurrent_runs_apply_each_file_once(self) -> None:
         """Two runners started together apply every file exactly once between them."""
         names = [f"000{n}_t{n}.sql" for n in range(1, 5)]
-        path = make_dir(self, {name: f"SELECT pg_sleep(0.05); CREATE TABLE t{i} (id int);" for i, name in enumerate(names)})
+        sql = "SELECT pg_sleep(0.05); CREATE TABLE t{} (id int);"
+        path = make_dir(self, {name: sql.format(i) for i, name in enumerate(names)})
         results = await gatherResults([Deferred.fromCoroutine(self.migrate(path)) for _ in range(2)])
         self.assertEqual([code for code, _ in results], [0, 0])
         ok_lines = sorted(line for _, lines in results for line in lines if line.startswith("OK "))
@@ -221,7 +227,7 @@ class MigrateCommandTests(TestCase):
         self.assertNotIn("Pw-Marker-7731", lines[0])
 
     async def test_shipped_schema(self) -> None:
-        """The shipped migrations apply to an empty database, after which none is pending and records need no agent row."""
+        """The shipped migrations apply to an empty database; then none is pending, and records need no agent row."""
         await self.db.when_connected().addTimeout(5, reactor)
         self.assertEqual(await pending_migrations(self.db), ["0001_initial.sql"])
         self.assertEqual(await self.migrate(None), (0, ["OK 0001_initial.sql"]))
@@ -233,4 +239,5 @@ class MigrateCommandTests(TestCase):
         await self.db.run_operation(
             "INSERT INTO agents (id, agent_hash) VALUES (%s, %s)", ("smolt-0123abcd", "0123abcd4567ef89")
         )
-        self.assertEqual(await self.query("SELECT count(*) FROM request_records JOIN agents ON agents.id = agent_id"), [(1,)])
+        joined = await self.query("SELECT count(*) FROM request_records JOIN agents ON agents.id = agent_id")
+        self.assertEqual(joined, [(1,)])
