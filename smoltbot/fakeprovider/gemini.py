@@ -4,6 +4,8 @@ C{:streamGenerateContent?alt=sse} and C{GET /v1beta/models}.
 
 Google's stream events are C{data: <json>} lines ended by C{\\r\\n\\r\\n}, their JSON spelled
 with C{": "} after keys and no space after commas; whole bodies are indented by two spaces.
+Streams are always SSE, as with C{alt=sse} (which the SDK always sends); the API version in the
+path (C{v1beta}, C{v1}) does not matter.
 """
 
 from __future__ import annotations

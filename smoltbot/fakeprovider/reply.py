@@ -64,7 +64,7 @@ class Knobs:
             values = headers.getRawHeaders(name.encode())
             if not values:
                 continue
-            raw = values[-1].decode("utf-8")
+            raw = values[-1].decode("utf-8", "replace")
             if field.name == "marker":
                 changes[field.name] = raw
             elif raw.strip().isdigit():

@@ -11,10 +11,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.task import react
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -109,6 +110,10 @@ def _json_object(body: bytes) -> JSONObject:
 
 @dataclass(frozen=True)
 class _Answer:
+    """
+    A response to write: its status, content type, body events and, for a whole body, its length.
+    """
+
     status: int
     content_type: bytes
     chunks: Iterator[bytes]
@@ -118,6 +123,54 @@ class _Answer:
     @classmethod
     def whole(cls, status: int, content_type: bytes, body: bytes) -> _Answer:
         return cls(status, content_type, iter([body]), len(body))
+
+
+class _QuietSite(Site):
+    """
+    A L{Site} without an access log: the fake provider records requests itself, and a
+    benchmark should not pay for a log line per request.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        """
+        Write no access log line.
+        """
+
+
+class _ConnectionTracker(WrappingFactory):
+    """
+    Counts the open connections of a site and says when none is left.
+    """
+
+    noisy = False
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(site)
+        self.made = 0
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def registerProtocol(self, protocol: ProtocolWrapper) -> None:
+        self.made += 1
+        super().registerProtocol(protocol)
+
+    def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
+        super().unregisterProtocol(protocol)
+        if not self.protocols:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        Fires once no connection is open.
+        """
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
 
 
 @implementer(IPushProducer)
@@ -158,7 +211,6 @@ class EventStream:
         self._knobs = knobs
         self._clock = clock
         self._on_client_gone = on_client_gone
-        self._error_after = knobs.error_after if answer.stream_error else None
         self._call: Optional[IDelayedCall] = None
         self._pumping = False
 
@@ -185,7 +237,7 @@ class EventStream:
             while not self.paused and self.outcome is None:
                 if self.events_written == self._knobs.drop_after:
                     self._drop()
-                elif self.events_written == self._error_after and self._answer.stream_error:
+                elif self._answer.stream_error and self.events_written == self._knobs.error_after:
                     self._write(self._answer.stream_error)
                     self._end("error-event")
                 elif (chunk := next(self._answer.chunks, None)) is None:
@@ -256,6 +308,9 @@ class FakeProvider(Resource):
     @ivar requests: the latest received requests (L{ReceivedRequest}), oldest first.
     @ivar streams: the latest responses (L{EventStream}), oldest first, to watch their progress.
     @ivar disconnects: how many clients went away before their response was complete.
+
+    Listen with L{factory}; L{open_connections} and L{when_idle} tell when clients have
+    closed their connections.
     """
 
     isLeaf = True
@@ -275,12 +330,35 @@ class FakeProvider(Resource):
         self._clock = clock
         self._count = 0
         self._waiters: list[Deferred[ReceivedRequest]] = []
+        self._tracker = _ConnectionTracker(_QuietSite(self, reactor=clock))
 
-    def site(self) -> Site:
+    def factory(self) -> IProtocolFactory:
         """
-        A L{Site} serving this resource, its timeouts on the same clock.
+        The factory to listen with (or to build an in-memory connection from): a L{Site}
+        serving this resource, its timeouts on the server's clock, its connections counted.
         """
-        return Site(self, reactor=self._clock)
+        return self._tracker
+
+    @property
+    def connections_made(self) -> int:
+        """
+        How many connections clients have opened so far.
+        """
+        return self._tracker.made
+
+    @property
+    def open_connections(self) -> int:
+        """
+        How many connections are open now.
+        """
+        return len(self._tracker.protocols)
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no connection is open (at once if none is): wait on it
+        before a test ends, so no server-side socket outlives it.
+        """
+        return self._tracker.when_idle()
 
     def next_disconnect(self) -> Deferred[ReceivedRequest]:
         """
@@ -384,7 +462,7 @@ def run_fake_provider(
     """
     server = FakeProvider(reactor, defaults)  # type: ignore[arg-type]
     try:
-        listening = reactor.listenTCP(port, server.site(), interface=host)
+        listening = reactor.listenTCP(port, server.factory(), interface=host)
     except Exception:
         return fail()
     log.info("Fake provider listening on http://{host}:{port}", host=host, port=listening.getHost().port)
