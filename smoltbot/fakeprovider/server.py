@@ -151,6 +151,12 @@ class _ConnectionTracker(WrappingFactory):
         self.made = 0
         self._idle_waiters: list[Deferred[None]] = []
 
+    def logPrefix(self) -> str:
+        """
+        How the listening port names this factory in its log lines.
+        """
+        return "FakeProvider"
+
     def registerProtocol(self, protocol: ProtocolWrapper) -> None:
         self.made += 1
         super().registerProtocol(protocol)
@@ -433,7 +439,8 @@ class FakeProvider(Resource):
         )
         streaming = route.streaming if route.streaming is not None else body.get("stream") is True
         if streaming:
-            return _Answer(200, provider.STREAM_TYPE, provider.stream(reply, body), stream_error=provider.stream_error())
+            events = provider.stream(reply, body)
+            return _Answer(200, provider.STREAM_TYPE, events, stream_error=provider.stream_error())
         return _Answer.whole(200, provider.JSON_TYPE, provider.message(reply, body))
 
     def _client_gone(self, stream: EventStream) -> None:
