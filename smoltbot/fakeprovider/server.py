@@ -98,6 +98,13 @@ def _route(method: bytes, path: str, headers: Headers) -> Optional[_Route]:
     return None
 
 
+def _knobs(defaults: Knobs, headers: Headers) -> Knobs:
+    try:
+        return defaults.with_headers(headers)
+    except ValueError as error:
+        raise _Refusal(400, str(error)) from error
+
+
 def _json_object(body: bytes) -> JSONObject:
     try:
         value = json.loads(body)
@@ -395,10 +402,7 @@ class FakeProvider(Resource):
         provider = route.provider if route else _guess(path, request.requestHeaders)
         knobs = self.defaults
         try:
-            try:
-                knobs = self.defaults.with_headers(request.requestHeaders)
-            except ValueError as error:
-                raise _Refusal(400, str(error)) from error
+            knobs = _knobs(self.defaults, request.requestHeaders)
             answer = self._answer(route, knobs, received)
         except _Refusal as refusal:
             answer = _Answer.whole(refusal.status, provider.JSON_TYPE, provider.error(refusal.status, refusal.message))
