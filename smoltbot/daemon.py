@@ -76,8 +76,17 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, *, metrics: Metrics | None = None, log_observer: ILogObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        metrics: Metrics | None = None,
+        log_observer: ILogObserver | None = None,
+        handle_signals: bool = False,
+    ) -> None:
         super().__init__()
+        self._handle_signals = handle_signals
         self.config = config
         self._reactor = reactor
         self.log_observer = log_observer
@@ -119,7 +128,7 @@ class GatewayService(MultiService):
             metrics=self.metrics,
             kv=self.kv,
             kv_mode=config.kv_mode,
-            database=self.database,
+            database=_DatabaseProbe(self.database),
             license_check=self._license_check,
             interval=config.probe_interval,
             timeout=config.probe_timeout,
@@ -174,6 +183,14 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
+        super().startService()
+        self._reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        """The reactor runs: take over the signals, then announce the daemon as started."""
+        if self._handle_signals:
+            self.install_signal_handlers()
+        self.health.started = True
         self.log.info(
             "smoltbot {version} starting: role={role} python={python_version} kv={kv_mode} listening on {host}:{port}",
             version=self.config.gateway_version,
@@ -186,8 +203,6 @@ class GatewayService(MultiService):
         )
         if self.heartbeat is None:
             self.log.info("heartbeat disabled (HEARTBEAT_URL is empty)")
-        super().startService()
-        self.health.started = True
         sd_notify(b"READY=1")
 
     @property
@@ -254,6 +269,23 @@ class GatewayService(MultiService):
         self.log.info("smoltbot stopped")
 
 
+class _DatabaseProbe:
+    """
+    Readiness ping for PostgreSQL. While the pool's first connection attempt is under way it waits
+    for that attempt (within the probe's timeout) instead of reporting "not connected yet"; after
+    that it answers at once, with the pool's last connection error when it has no connection.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def ping(self) -> Deferred[float]:
+        database = self._database
+        if not database.connected and database.last_error is None:
+            return database.when_connected().addCallback(lambda _: database.ping())
+        return database.ping()
+
+
 def _outbound_client(reactor: Any) -> Any:
     """An HTTP client for the daemon's own calls (heartbeat): no cookies kept, no connection reuse."""
     import treq
@@ -270,6 +302,4 @@ def build_daemon(config: Config, reactor: Any, stdout: IO[str] | None = None) ->
 
     observer = make_observer(stdout or sys.stdout, config.service_name, config.log_level)
     bridge_stdlib_logging(config.log_level)
-    service = GatewayService(config, reactor, log_observer=observer)
-    reactor.callWhenRunning(service.install_signal_handlers)
-    return service
+    return GatewayService(config, reactor, log_observer=observer, handle_signals=True)

@@ -124,6 +124,7 @@ class ProbeService(Service):
                     self._metrics.health_check_latency.labels(check=name).set(check["latencyMs"] / 1000.0)
             self._report_changes(checks)
             self._state.checks = checks
+            self.log.debug("health probes: {summary}", summary=", ".join(f"{n}={'ok' if c.get('ok') else 'FAIL'}" for n, c in checks.items()))
 
         return done.addCallback(publish)
 

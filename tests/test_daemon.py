@@ -25,9 +25,11 @@ class DaemonProcessTests(TestCase):
 
     timeout = 120
 
-    @classmethod
-    def setUpClass(cls):
-        cls.database_url = new_database()
+    database_url = None
+
+    def setUp(self):
+        if DaemonProcessTests.database_url is None:
+            DaemonProcessTests.database_url = new_database()
 
     def env(self, **extra):
         self.port = free_port()
