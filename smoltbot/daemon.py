@@ -242,7 +242,7 @@ class GatewayService(MultiService):
         config = self.config
         sd_notify(b"STOPPING=1")
         self.health.draining = True
-        self.site.draining = True
+        self.site.begin_draining()
         if config.shutdown_delay > 0:
             self.log.info("readiness reports draining; closing the listener in {delay}s", delay=config.shutdown_delay)
             yield deferLater(self._reactor, config.shutdown_delay)

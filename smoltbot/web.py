@@ -127,6 +127,14 @@ class GatewaySite(server.Site):
             for waiter in waiters:
                 waiter.callback(None)
 
+    def begin_draining(self) -> None:
+        """From now on every response closes its connection, including those of requests in flight."""
+        self.draining = True
+        for request in self._in_flight:
+            if not request.startedWriting and request.channel is not None:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+                request.channel.persistent = False
+
     def when_idle(self) -> Deferred[None]:
         """A Deferred that fires once no request is in flight (at once if none is)."""
         if not self._in_flight:

@@ -210,3 +210,22 @@ class DaemonProcessTests(TestCase):
         self.assertEqual((await get_json(self.port, "/anthropic/v1/messages"))[0], 404)
         self.assertEqual(daemon.records[0]["service"], "smoltbot-scheduler")
 
+
+
+class PluginTests(TestCase):
+    """The twistd plugin as installed."""
+
+    async def test_twistd_help_lists_smoltbot(self):
+        """`twistd --help` lists the smoltbot plugin, and `twistd smoltbot --help` its options."""
+        from tests.process import BIN, ChildProcess
+
+        child = ChildProcess([str(BIN / "twistd"), "--help"], base_env())
+        self.addCleanup(child.kill)
+        self.assertEqual(await child.wait_exit(), 0)
+        self.assertTrue(any(line.split()[:1] == ["smoltbot"] for line in child.lines), child.lines)
+        child = ChildProcess([str(BIN / "twistd"), "smoltbot", "--help"], base_env())
+        self.addCleanup(child.kill)
+        await child.wait_exit()
+        text = "\n".join(child.lines)
+        for option in ("--role", "--port", "--host"):
+            self.assertIn(option, text)
