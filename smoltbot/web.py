@@ -127,6 +127,9 @@ class GatewaySite(server.Site):
             for waiter in waiters:
                 waiter.callback(None)
 
+    def log(self, request: server.Request) -> None:
+        """Replace twisted.web's combined-format access line: the proxy logs its own structured one."""
+
     def begin_draining(self) -> None:
         """From now on every response closes its connection, including those of requests in flight."""
         self.draining = True
