@@ -94,6 +94,22 @@ class Config:
     # Where durable local state (the request-record spool) lives.
     state_dir: str = "/var/lib/smoltbot"
 
+    # Request records and agent rows.
+    recorder_spool_dir: str | None = None
+    recorder_queue_size: int = 10_000
+    recorder_batch_size: int = 500
+    recorder_flush_interval: float = 1.0
+    recorder_write_timeout: float = 5.0
+    recorder_stop_timeout: float = 5.0
+    recorder_spool_segment_bytes: int = 16 * 1024 * 1024
+    agent_last_seen_interval: float = 60.0
+    agent_pending_max: int = 10_000
+
+    @property
+    def spool_dir(self) -> str:
+        """The request-record spool folder: RECORDER_SPOOL_DIR, else `spool` in the state folder."""
+        return self.recorder_spool_dir or os.path.join(self.state_dir, "spool")
+
     @property
     def runs_gateway(self) -> bool:
         """Whether this process serves provider traffic."""
@@ -227,6 +243,14 @@ _KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "UPSTREAM_IDLE_TIMEOUT_SECONDS": ("upstream_idle_timeout", _positive_float("timeout", 0.01)),
     "UPSTREAM_MAX_CONNECTIONS_PER_HOST": ("upstream_max_connections_per_host", _bounded_int(1, 1_000_000)),
     "UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS": ("upstream_keepalive_timeout", _positive_float("timeout", 0.1)),
+    "RECORDER_QUEUE_SIZE": ("recorder_queue_size", _bounded_int(1, 10_000_000)),
+    "RECORDER_BATCH_SIZE": ("recorder_batch_size", _bounded_int(1, 10_000)),
+    "RECORDER_FLUSH_INTERVAL_SECONDS": ("recorder_flush_interval", _positive_float("interval", 0.01)),
+    "RECORDER_WRITE_TIMEOUT_SECONDS": ("recorder_write_timeout", _positive_float("timeout", 0.1)),
+    "RECORDER_STOP_TIMEOUT_SECONDS": ("recorder_stop_timeout", _positive_float("timeout", 0, allow_zero=True)),
+    "RECORDER_SPOOL_SEGMENT_BYTES": ("recorder_spool_segment_bytes", _bounded_int(64 * 1024, 1 << 32)),
+    "AGENT_LAST_SEEN_INTERVAL_SECONDS": ("agent_last_seen_interval", _positive_float("interval", 1)),
+    "AGENT_PENDING_MAX": ("agent_pending_max", _bounded_int(1, 10_000_000)),
 }
 
 
@@ -299,6 +323,7 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, object] | No
         analyze_url=analyze_url,
         mnemom_api_key=env.get("MNEMOM_API_KEY"),
         state_dir=env.get("SMOLTBOT_STATE_DIR") or env.get("STATE_DIRECTORY", "").split(":")[0] or "/var/lib/smoltbot",
+        recorder_spool_dir=env.get("RECORDER_SPOOL_DIR"),
         **knobs,
     )
     if problems:

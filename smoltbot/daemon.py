@@ -16,13 +16,14 @@ import socket
 import sys
 from typing import IO, Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 
+from smoltbot.agents import AgentRegistry
 from smoltbot.config import Config
 from smoltbot.database import Database
 from smoltbot.health import HealthState, ProbeService
@@ -30,6 +31,9 @@ from smoltbot.heartbeat import HeartbeatService
 from smoltbot.kv import make_kv
 from smoltbot.license import LicenseMonitor
 from smoltbot.metrics import Metrics
+from smoltbot.recorder import Recorder, Worker, WorkerThread
+from smoltbot.records import new_instance_id
+from smoltbot.spool import Spool
 from smoltbot.web import GatewaySite, OpsApi, build_root
 
 
@@ -70,8 +74,11 @@ def sd_notify(message: bytes, environ: dict[str, str] | None = None) -> None:
 
 class GatewayService(MultiService):
     """
-    Every service of one smoltbot process, started in dependency order and stopped in reverse,
-    with the HTTP listener first to close and last to open.
+    Every service of one smoltbot process, started in dependency order and stopped one after
+    the other in reverse, with the HTTP listener first to close and last to open.
+
+    Roles that serve traffic also have `recorder` (request records) and `agents` (agent rows),
+    for the proxy to call when a request finishes; `instance_id` names this process in records.
     """
 
     log = Logger()
@@ -104,6 +111,34 @@ class GatewayService(MultiService):
             query_timeout=config.database_query_timeout,
         )
         self.database.setServiceParent(self)
+        self.instance_id = new_instance_id()
+        self.agents: AgentRegistry | None = None
+        self.recorder: Recorder | None = None
+        if config.runs_gateway:  # after the database: they stop (and write what they hold) before it closes
+            self.agents = AgentRegistry(
+                self.database,
+                clock=reactor,
+                metrics=self.metrics,
+                flush_interval=config.recorder_flush_interval,
+                touch_interval=config.agent_last_seen_interval,
+                max_pending=config.agent_pending_max,
+                write_timeout=config.recorder_write_timeout,
+            )
+            self.agents.setServiceParent(self)
+            self.recorder = Recorder(
+                self.database,
+                Spool(config.spool_dir, segment_bytes=config.recorder_spool_segment_bytes),
+                clock=reactor,
+                metrics=self.metrics,
+                worker=self._spool_worker(),
+                queue_size=config.recorder_queue_size,
+                batch_size=config.recorder_batch_size,
+                flush_interval=config.recorder_flush_interval,
+                write_timeout=config.recorder_write_timeout,
+                stop_timeout=config.recorder_stop_timeout,
+            )
+            self.recorder.setServiceParent(self)
+            self.health.add_check("recorder", self.recorder.health_check)
         self.kv = make_kv(
             config.redis_url,
             reactor=reactor,
@@ -164,6 +199,10 @@ class GatewayService(MultiService):
     def _provider_resources(self) -> dict:
         """The provider resources this role serves (none yet for the scheduler)."""
         return {}
+
+    def _spool_worker(self) -> Worker:
+        """The thread the recorder's spool I/O runs on."""
+        return WorkerThread(self._reactor)
 
     def _license_check(self) -> dict[str, Any]:
         judgement = self.license.current
@@ -265,7 +304,12 @@ class GatewayService(MultiService):
                     count=self.site.in_flight,
                 )
                 self.site.abort_in_flight()
-        yield MultiService.stopService(self)
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield maybeDeferred(service.stopService)
+            except Exception:
+                self.log.failure("stopping {service} failed", service=type(service).__name__)
         self.log.info("smoltbot stopped")
 
 

@@ -27,27 +27,38 @@ class HealthState:
     What the daemon knows about its own health, updated by the probe loop and the lifecycle.
 
     `started` flips once the listener is up; `draining` once shutdown has begun; `checks` holds
-    the latest result of each probe (DESIGN §1.2 shape).
+    the latest result of each probe (DESIGN §1.2 shape). Checks added with `add_check` report
+    in-process state and are read at each answer instead.
     """
 
     def __init__(self) -> None:
         self.started = False
         self.draining = False
         self.checks: dict[str, dict[str, Any]] = {}
+        self._local: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def add_check(self, name: str, check: Callable[[], dict[str, Any]]) -> None:
+        """Report `check()` (quick, in memory, `{"ok": bool, ...}`) under `name` beside the probe results."""
+        self._local[name] = check
+
+    def current(self) -> dict[str, dict[str, Any]]:
+        """The latest probe results and the in-process checks."""
+        return {**self.checks, **{name: check() for name, check in self._local.items()}}
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """The `/health/ready` status code and body (without the timestamp)."""
-        if self.draining:
-            return 503, {"status": "draining", "checks": self.checks}
-        if not self.checks:
+        if not self.checks and not self.draining:
             return 503, {"status": "starting", "checks": {}}
-        ok = all(check.get("ok") for check in self.checks.values())
-        return (200 if ok else 503), {"status": "ok" if ok else "degraded", "checks": self.checks}
+        checks = self.current()
+        if self.draining:
+            return 503, {"status": "draining", "checks": checks}
+        ok = all(check.get("ok") for check in checks.values())
+        return (200 if ok else 503), {"status": "ok" if ok else "degraded", "checks": checks}
 
     @property
     def healthy(self) -> bool:
         """Whether every latest check passed (the heartbeat's `health_status`)."""
-        return bool(self.checks) and all(check.get("ok") for check in self.checks.values())
+        return bool(self.checks) and all(check.get("ok") for check in self.current().values())
 
 
 class ProbeService(Service):

@@ -93,6 +93,16 @@ class Metrics:
         self.traces_dropped = Counter(
             "gateway_traces_dropped", "Request records lost because neither PostgreSQL nor the spool took them.", registry=r
         )
+        self.trace_spool_corrupt_lines = Counter(
+            "gateway_trace_spool_corrupt_lines",
+            "Spool lines skipped on replay because they were not valid request records.",
+            registry=r,
+        )
+        self.agent_sightings_dropped = Counter(
+            "gateway_agent_sightings_dropped",
+            "Agent sightings not queued for PostgreSQL because too many were pending (re-queued on the next request).",
+            registry=r,
+        )
         self.trace_flush_duration = Histogram(
             "gateway_trace_flush_duration_seconds",
             "Time to write one batch of request records.",

@@ -12,6 +12,8 @@ from pathlib import Path
 import treq
 from twisted.internet import defer, error, protocol, reactor
 
+from tests.support import new_state_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -33,6 +35,7 @@ def base_env(**extra) -> dict:
         "HEARTBEAT_URL": "",
         "HOST": "127.0.0.1",
         "HEALTH_PROBE_INTERVAL_SECONDS": "0.5",
+        "SMOLTBOT_STATE_DIR": new_state_dir(),
     }
     env.update({k: v for k, v in extra.items() if v is not None})
     return env

@@ -7,9 +7,12 @@ own database, created on first use and dropped at exit, so concurrent runs never
 
 import atexit
 import os
+import shutil
+import tempfile
 import uuid
 
 import psycopg2
+from twisted.internet.defer import maybeDeferred
 
 _ADMIN_DSN = os.environ.get("SMOLTBOT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -40,6 +43,26 @@ def new_database() -> str:
     _admin(f'CREATE DATABASE "{name}"')
     _created.append(name)
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def new_state_dir() -> str:
+    """A fresh, empty state folder (the daemon's spool goes in it), removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=f"smoltbot-state-{RUN_ID}-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+class InlineWorker:
+    """A recorder `Worker` that runs each call at once on the calling thread (memory-reactor tests)."""
+
+    def start(self) -> None:
+        pass
+
+    def run(self, fn, *args):
+        return maybeDeferred(fn, *args)
+
+    def stop(self) -> None:
+        pass
 
 
 @atexit.register

@@ -8,12 +8,14 @@ from twisted.web.server import NOT_DONE_YET
 
 from smoltbot.config import load_config
 from smoltbot.daemon import GatewayService
+from tests.support import InlineWorker, new_state_dir
 
 ENV = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/none",
     "AIP_ENABLED": "false",
     "HEARTBEAT_URL": "",
     "SHUTDOWN_DRAIN_TIMEOUT_SECONDS": "10",
+    "SMOLTBOT_STATE_DIR": new_state_dir(),
 }
 
 
@@ -33,6 +35,9 @@ class _WithHeldProvider(GatewayService):
     def _provider_resources(self):
         self.held = _Held()
         return {"anthropic": self.held}
+
+    def _spool_worker(self):
+        return InlineWorker()
 
 
 class LifecycleTests(SynchronousTestCase):

@@ -1,0 +1,426 @@
+"""
+The request recorder: every `RequestRecord` the proxy hands over ends up in `request_records`
+exactly once, without the request waiting for it, through PostgreSQL outages and restarts.
+
+`Recorder.record` appends to a bounded in-memory queue and returns. A flush loop writes the queue
+in batches (one idempotent multi-row INSERT each, keyed by request id). While PostgreSQL fails
+or is slow, batches go to the on-disk spool (`smoltbot.spool`) instead, and so does the oldest
+part of the queue when it overflows: memory stays flat, the disk absorbs the outage. Once
+PostgreSQL answers again, the spool is replayed oldest first, alternating with live batches, and
+a spool left by an earlier run is replayed the same way. A record is dropped only when the spool
+cannot be written either; each drop is counted (`gateway_traces_dropped_total`) and logged.
+
+Spool I/O runs on one dedicated worker thread (`WorkerThread`), so it never blocks the reactor
+and appends stay in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from operator import attrgetter
+from typing import Any, Callable, NamedTuple, Protocol, TypeVar
+
+import psycopg2
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from smoltbot.database import describe_error
+from smoltbot.logs import LogThrottle
+from smoltbot.metrics import Metrics
+from smoltbot.records import COLUMNS, RequestRecord
+from smoltbot.spool import ReplayBatch, Spool
+
+T = TypeVar("T")
+
+_ROW = "(" + ",".join("to_timestamp(%s)" if name == "created_at" else "%s" for name in COLUMNS) + ")"
+_INSERT = "WITH written AS (INSERT INTO request_records (" + ",".join(COLUMNS) + ") VALUES {rows} "
+_INSERT += "ON CONFLICT (request_id) DO NOTHING RETURNING 1) SELECT count(*) FROM written"
+_VALUES = attrgetter(*COLUMNS)
+_REFUSED = (psycopg2.DataError, psycopg2.IntegrityError)  # the schema rejects a value: retrying cannot help
+
+
+class Database(Protocol):
+    """What the recorder and the agent registry need of `smoltbot.database.Database`."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def run_query(self, sql: str, params: Any = None, *, retry_idempotent: bool = False) -> Deferred[list[tuple[Any, ...]]]: ...
+
+
+class Worker(Protocol):
+    """Runs blocking calls one at a time, in the order given, off the reactor thread."""
+
+    def start(self) -> None: ...
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]: ...
+
+    def stop(self) -> None: ...
+
+
+class WorkerThread:
+    """A `Worker` on one dedicated thread of its own."""
+
+    def __init__(self, reactor: Any, name: str = "smoltbot-spool") -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._pool.start()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Call `fn(*args)` on the thread; the Deferred fires on the reactor thread with its result."""
+        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    def stop(self) -> None:
+        """Stop the thread (joins it: call once every `run` has fired)."""
+        self._pool.stop()
+
+
+class SpoolBacklog(NamedTuple):
+    """Records waiting in memory, and the bytes and segment files waiting in the spool folder."""
+
+    queued: int
+    spool_bytes: int
+    spool_segments: int
+
+
+class Recorder(Service):
+    """
+    Writes request records to PostgreSQL in batches, through the spool when it must.
+
+    `record(record)` is the proxy's entry point: constant time, never raises, never blocks.
+    `flush_interval` is the longest a record waits in the queue while PostgreSQL is up; a full
+    batch (`batch_size`) is flushed at once. An insert that fails or outlasts `write_timeout`
+    sends its batch to the spool, and PostgreSQL is tried again after a backoff (from
+    `retry_delay`, doubling up to `max_retry_delay`). `stopService` writes what is queued to
+    PostgreSQL for up to `stop_timeout` seconds, then to the spool.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        database: Database,
+        spool: Spool,
+        *,
+        clock: IReactorTime,
+        metrics: Metrics,
+        worker: Worker,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        write_timeout: float = 5.0,
+        stop_timeout: float = 5.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or flush_interval <= 0 or write_timeout <= 0 or retry_delay <= 0:
+            raise ValueError("sizes must be at least 1, intervals and timeouts positive")
+        self._database = database
+        self._spool = spool
+        self._clock = clock
+        self._metrics = metrics
+        self._worker = worker
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._write_timeout = write_timeout
+        self._stop_timeout = stop_timeout
+        self._min_retry_delay = self._retry_delay = retry_delay
+        self._max_retry_delay = max(max_retry_delay, retry_delay)
+        self._queue: deque[RequestRecord] = deque()
+        self._spilling = 0  # records on their way to the spool after a queue overflow
+        self._spills: set[Deferred[None]] = set()
+        self._busy = False  # a pump is running
+        self._pump_done: list[Deferred[None]] = []
+        self._kick_call: IDelayedCall | None = None
+        self._due = False  # the flush interval has passed: write even a partial batch
+        self._replayed_last = True
+        self._replay_idle = False  # nothing to replay until the next tick
+        self._retry_at = 0.0
+        self._db_failing = False
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._closed = False
+        self._throttle = LogThrottle(clock)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._flush_interval = flush_interval
+        metrics.trace_queue_depth.set_function(lambda: len(self._queue) + self._spilling)
+        metrics.trace_spool_bytes.set_function(lambda: spool.bytes)
+
+    # -- the proxy's side
+
+    def record(self, record: RequestRecord) -> None:
+        """Queue `record` for writing. Constant time; never raises; never waits on I/O."""
+        try:
+            if self._closed:
+                self._drop(1, "the recorder has stopped")
+            elif not isinstance(record, RequestRecord):
+                self._drop(1, f"not a RequestRecord: {type(record).__name__}")
+            elif len(self._queue) >= self._queue_size and not self._spill():
+                self._drop(1, "the queue is full and the spool cannot keep up")
+            else:
+                self._queue.append(record)
+                if len(self._queue) >= self._batch_size and self.running and not self._busy and self._kick_call is None:
+                    self._kick_call = self._clock.callLater(0, self._kicked)
+        except Exception:
+            self.log.failure("recording a request failed")
+
+    @property
+    def spool_backlog(self) -> SpoolBacklog:
+        """What waits to be written: records in memory, bytes and segments in the spool."""
+        return SpoolBacklog(len(self._queue) + self._spilling, self._spool.bytes, self._spool.segments)
+
+    def health_check(self) -> dict[str, Any]:
+        """The `recorder` entry of `/health/ready`: a backlog is reported, only an unwritable spool fails it."""
+        backlog = self.spool_backlog
+        check: dict[str, Any] = {"ok": self._spool.error is None, "queue": backlog.queued, "spoolBytes": backlog.spool_bytes}
+        if self._spool.error is not None:
+            check["error"] = f"spool not writable: {self._spool.error}"
+        return check
+
+    # -- the Service
+
+    def startService(self) -> None:
+        """Start the worker, open the spool (counting what an earlier run left) and the flush loop."""
+        super().startService()
+        self._worker.start()
+        self._io("spool_open", self._spool.open).addCallback(self._spool_opened)
+        self._loop.start(self._flush_interval, now=False).addErrback(lambda f: self.log.failure("flush loop failed", f))
+
+    def stopService(self) -> Deferred[None]:
+        """Write the queue to PostgreSQL (to the spool past `stop_timeout`), seal the spool, stop the worker."""
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        if self._kick_call is not None and self._kick_call.active():
+            self._kick_call.cancel()
+        self._kick_call = None
+        self._stopping = True
+        self._stop_deadline = self._clock.seconds() + self._stop_timeout
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        while self._busy or self._spills or self._queue:
+            if self._busy:
+                await self._when_pump_done()
+            elif self._spills:
+                await DeferredList(list(self._spills))
+            else:
+                await self._pump()
+        self._closed = True
+        await self._io("spool_close", self._spool.close)
+        self._worker.stop()
+        if self._spool.bytes:
+            self.log.info("{bytes} bytes of request records stay in the spool for the next start", bytes=self._spool.bytes)
+
+    # -- the flush loop
+
+    def _tick(self) -> None:
+        try:
+            self._due = True
+            self._replay_idle = False
+            if self._spool.error is not None:
+                self._io("spool_open", self._spool.open).addCallback(self._spool_opened)
+            self._kick()
+        except Exception:
+            self.log.failure("recorder flush tick failed")
+
+    def _kicked(self) -> None:
+        self._kick_call = None
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._busy:
+            return
+        d = Deferred.fromCoroutine(self._pump())
+        d.addErrback(lambda f: self.log.failure("recorder flush failed", f))
+
+    def _when_pump_done(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._pump_done.append(d)
+        return d
+
+    async def _pump(self) -> None:
+        """Write live batches and replay spooled ones, alternating while both have work, until neither has."""
+        self._busy = True
+        try:
+            while True:
+                live = len(self._queue) >= self._batch_size or (bool(self._queue) and (self._due or self._stopping))
+                replay = not self._stopping and not self._replay_idle and self._database_usable()
+                if live and not (replay and not self._replayed_last):
+                    self._replayed_last = False
+                    await self._flush(self._take())
+                elif replay:
+                    self._replayed_last = True
+                    await self._replay()
+                else:
+                    break
+        finally:
+            self._busy = False
+            waiters, self._pump_done = self._pump_done, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _take(self) -> list[RequestRecord]:
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
+        if len(batch) < self._batch_size:
+            self._due = False
+        return batch
+
+    async def _flush(self, batch: list[RequestRecord]) -> None:
+        if not (self._database_usable() and await self._insert(batch, "record_flush")):
+            await self._to_spool(batch)
+
+    async def _replay(self) -> None:
+        try:
+            batch: ReplayBatch | None = await self._worker.run(self._spool.read, self._batch_size)
+        except OSError as error:
+            self._replay_idle = True
+            self._log_error("spool_read", "cannot read the request-record spool: {error}", error=_describe(error))
+            return
+        if batch is None:
+            self._replay_idle = True
+            return
+        if batch.records and not await self._insert(batch.records, "spool_replay"):
+            return  # the segment stays claimed; the same lines are read again after the backoff
+        try:
+            await self._worker.run(self._spool.commit, batch)
+        except OSError as error:
+            self._replay_idle = True
+            self._log_error("spool_read", "cannot delete a replayed spool segment: {error}", error=_describe(error))
+            return
+        if batch.corrupt:
+            self._metrics.trace_spool_corrupt_lines.inc(batch.corrupt)
+            self._log_error("spool_corrupt", "skipped {count} corrupt lines in spool segment {segment}", count=batch.corrupt, segment=batch.segment)
+        if batch.finished:
+            self.log.info("spool segment {segment} replayed into PostgreSQL", segment=batch.segment)
+
+    # -- PostgreSQL
+
+    def _database_usable(self) -> bool:
+        now = self._clock.seconds()
+        return self._database.connected and now >= self._retry_at and not (self._stopping and now >= self._stop_deadline)
+
+    async def _insert(self, records: list[RequestRecord], task: str) -> bool:
+        """Write `records` in one statement; False (and a backoff) when PostgreSQL failed or was too slow."""
+        started = self._clock.seconds()
+        try:
+            try:
+                written = await self._insert_rows(records)
+            except _REFUSED:
+                written = await self._insert_each(records)
+        except Exception as error:
+            self._metrics.trace_flush_duration.observe(self._clock.seconds() - started)
+            self._database_failed(error)
+            return False
+        self._metrics.trace_flush_duration.observe(self._clock.seconds() - started)
+        self._metrics.traces_written.inc(written)
+        self._metrics.background_tasks.labels(task=task).inc()
+        if self._db_failing:
+            self._db_failing = False
+            self._throttle.reset("database")
+            self.log.info("PostgreSQL takes request records again")
+        self._retry_at, self._retry_delay = 0.0, self._min_retry_delay
+        return True
+
+    def _insert_rows(self, records: list[RequestRecord]) -> Deferred[int]:
+        params = [value for record in records for value in _VALUES(record)]
+        d = self._database.run_query(_INSERT.format(rows=",".join([_ROW] * len(records))), params, retry_idempotent=True)
+        d.addTimeout(self._write_timeout, self._clock)
+        return d.addCallback(lambda rows: rows[0][0])
+
+    async def _insert_each(self, records: list[RequestRecord]) -> int:
+        """A batch the schema refused (a value it rejects): write its records one by one, dropping those refused."""
+        written = 0
+        for record in records:
+            try:
+                written += await self._insert_rows([record])
+            except _REFUSED as error:
+                self._metrics.traces_dropped.inc()
+                self.log.error(
+                    "request record {request_id} refused by PostgreSQL, dropped: {error}",
+                    request_id=record.request_id,
+                    error=describe_error(error),
+                )
+        return written
+
+    def _database_failed(self, error: BaseException) -> None:
+        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, TimeoutError) else describe_error(error)
+        if self._database.connected:  # a failure that cost time: back off before the next attempt
+            self._retry_at = self._clock.seconds() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
+        self._db_failing = True
+        if (held := self._throttle.allow("database")) is not None:
+            self.log.warn("PostgreSQL cannot take request records, spooling them: {error}", error=reason, suppressed=held)
+
+    # -- the spool
+
+    async def _to_spool(self, batch: list[RequestRecord]) -> None:
+        try:
+            await self._worker.run(self._spool.append, batch)
+        except Exception as error:
+            self._drop(len(batch), f"spool not writable: {_describe(error)}")
+        else:
+            self._metrics.background_tasks.labels(task="spool_write").inc()
+
+    def _spill(self) -> bool:
+        """Send the oldest batch of a full queue to the spool; False when the spool is already this far behind."""
+        if self._spilling >= self._queue_size:
+            return False
+        batch = self._take()
+        self._spilling += len(batch)
+        spill = Deferred.fromCoroutine(self._to_spool(batch))
+        self._spills.add(spill)
+
+        def done(result: object) -> None:
+            self._spilling -= len(batch)
+            self._spills.discard(spill)
+
+        spill.addErrback(lambda f: self.log.failure("spilling request records failed", f)).addCallback(done)
+        return True
+
+    def _spool_opened(self, result: object) -> None:
+        backlog = self.spool_backlog
+        if backlog.spool_bytes:
+            self.log.info(
+                "request-record spool holds {bytes} bytes in {segments} segments: replaying them once PostgreSQL answers",
+                bytes=backlog.spool_bytes,
+                segments=backlog.spool_segments,
+            )
+
+    def _io(self, task: str, fn: Callable[[], None]) -> Deferred[None]:
+        """Run a spool call whose failure only needs logging (the spool keeps its `error` for readiness)."""
+
+        def failed(failure: Any) -> None:
+            if failure.check(OSError):
+                self._log_error(task, "request-record spool {folder} not usable: {error}", folder=self._spool.directory, error=_describe(failure.value))
+            else:
+                self.log.failure("request-record spool call failed", failure)
+
+        return self._worker.run(fn).addErrback(failed)
+
+    # -- drops and errors
+
+    def _drop(self, count: int, reason: str) -> None:
+        self._metrics.traces_dropped.inc(count)
+        self._log_error("drop", "dropped {count} request records: {reason}", count=count, reason=reason)
+
+    def _log_error(self, key: str, message: str, **fields: Any) -> None:
+        held = self._throttle.allow(key)
+        if held is not None:
+            self.log.error(message, suppressed=held, **fields)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    return describe_error(error)

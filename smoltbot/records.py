@@ -1,0 +1,208 @@
+"""
+The request record: one row of `request_records` per proxied request (DESIGN §3), and its JSON
+line form in the recorder's spool.
+
+A `RequestRecord` holds metadata only: ids, provider, model, timings, sizes, token usage, stop
+reason, whether thinking was present and its SHA-256, an error type. It has no field that could
+hold a key, a prompt, a response or thinking text, and `path` never keeps a query string. Every
+record is checked when it is built, so any record can be written to PostgreSQL and to the spool,
+and a spool line that does not decode to a valid record is recognised as corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass, fields
+from typing import Any
+
+MAX_TEXT = 512  # characters kept of any text field (model names and stop reasons come from clients)
+
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")  # PostgreSQL text refuses NUL; UTF-8 refuses lone surrogates
+
+
+class RecordFormatError(ValueError):
+    """A spool line is not the JSON form of a valid `RequestRecord`."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestRecord:
+    """
+    What one proxied request did, in the columns of `request_records`.
+
+    Times: `created_at` is when the request arrived (unix seconds); `ttfb_ms` and `duration_ms`
+    are milliseconds from then to the response headers and to the end. Token counts are the
+    provider's usage figures (None when it reported none). `error_type` is None for a request
+    whose upstream answer was relayed whole.
+
+    Building a record checks it: a field of the wrong type raises TypeError, a number out of its
+    column's range ValueError. Text is made storable instead of refused (cut to `MAX_TEXT`
+    characters, NUL and lone surrogates replaced), and a query string is cut off `path`.
+    """
+
+    request_id: str
+    agent_id: str | None = None
+    session_id: str | None = None
+    provider: str
+    model: str | None = None
+    method: str
+    path: str
+    status: int | None = None
+    streaming: bool = False
+    ttfb_ms: float | None = None
+    duration_ms: float | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    stop_reason: str | None = None
+    tool_calls: int | None = None
+    thinking_present: bool | None = None
+    thinking_sha256: str | None = None
+    error_type: str | None = None
+    gateway_version: str | None = None
+    instance_id: str | None = None
+    created_at: float
+
+    def __post_init__(self) -> None:
+        for name, (kind, required) in _SPEC.items():
+            value = getattr(self, name)
+            if value is None:
+                if required:
+                    raise TypeError(f"{name} is required")
+                continue
+            checked = kind(name, value)
+            if checked is not value:
+                object.__setattr__(self, name, checked)
+        if "?" in self.path:
+            object.__setattr__(self, "path", self.path.split("?", 1)[0])
+        if self.thinking_sha256 is not None and not _SHA256.fullmatch(self.thinking_sha256):
+            raise ValueError("thinking_sha256 must be 64 lowercase hex digits")
+        if not self.request_id:
+            raise ValueError("request_id must not be empty")
+
+    def to_json(self) -> str:
+        """The record as one compact JSON object (no newline); fields that are None are left out."""
+        return json.dumps(
+            {name: value for name in COLUMNS if (value := getattr(self, name)) is not None},
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> RequestRecord:
+        """Decode `to_json`'s output; anything else (unknown or missing fields, wrong types) raises RecordFormatError."""
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise RecordFormatError("not a JSON object")
+            unknown = data.keys() - _SPEC.keys()
+            if unknown:
+                raise RecordFormatError(f"unknown fields {sorted(unknown)}")
+            return cls(**data)
+        except RecordFormatError:
+            raise
+        except (ValueError, TypeError, RecursionError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise RecordFormatError(str(error)) from None
+
+
+def _text(name: str, value: Any) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{name} must be a str")
+    if len(value) > MAX_TEXT:
+        value = value[:MAX_TEXT]
+    if _UNSTORABLE.search(value):
+        value = _UNSTORABLE.sub("\ufffd", value)
+    return value
+
+
+def _bounded(limit: int) -> Any:
+    def check(name: str, value: Any) -> int:
+        if type(value) is not int:
+            raise TypeError(f"{name} must be an int")
+        if not 0 <= value <= limit:
+            raise ValueError(f"{name} must be between 0 and {limit}")
+        return value
+
+    return check
+
+
+def _status(name: str, value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int")
+    if not 0 <= value <= 999:
+        raise ValueError(f"{name} must be between 0 and 999")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if type(value) is int:
+        value = float(value)
+    elif type(value) is not float:
+        raise TypeError(f"{name} must be a float")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number, not negative")
+    return value
+
+
+def _timestamp(name: str, value: Any) -> float:
+    value = _number(name, value)
+    if not 0 < value < 1e11:
+        raise ValueError(f"{name} must be unix seconds")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be a bool")
+    return value
+
+
+# Field -> (checker, required). Integer columns are `integer` (tokens, counts) or `bigint` (bytes).
+_SPEC: dict[str, tuple[Any, bool]] = {
+    "request_id": (_text, True),
+    "agent_id": (_text, False),
+    "session_id": (_text, False),
+    "provider": (_text, True),
+    "model": (_text, False),
+    "method": (_text, True),
+    "path": (_text, True),
+    "status": (_status, False),
+    "streaming": (_flag, True),
+    "ttfb_ms": (_number, False),
+    "duration_ms": (_number, False),
+    "bytes_in": (_bounded(_INT64), False),
+    "bytes_out": (_bounded(_INT64), False),
+    "input_tokens": (_bounded(_INT32), False),
+    "output_tokens": (_bounded(_INT32), False),
+    "cache_read_tokens": (_bounded(_INT32), False),
+    "cache_creation_tokens": (_bounded(_INT32), False),
+    "reasoning_tokens": (_bounded(_INT32), False),
+    "stop_reason": (_text, False),
+    "tool_calls": (_bounded(_INT32), False),
+    "thinking_present": (_flag, False),
+    "thinking_sha256": (_text, False),
+    "error_type": (_text, False),
+    "gateway_version": (_text, False),
+    "instance_id": (_text, False),
+    "created_at": (_timestamp, True),
+}
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+"""The `request_records` columns, in the order of `RequestRecord`'s fields."""
+
+
+def new_instance_id() -> str:
+    """An id for this gateway process, kept in every record it writes: `<hostname>-<pid>-<6 hex>`."""
+    return f"{socket.gethostname() or 'local'}-{os.getpid()}-{secrets.token_hex(3)}"
