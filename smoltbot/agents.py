@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -217,7 +218,7 @@ class AgentRegistry(Service):
                 self._metrics.agent_sightings_dropped.inc()
 
     def _failed(self, error: BaseException) -> None:
-        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, TimeoutError) else describe_error(error)
+        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, DeferredTimeout) else describe_error(error)
         self._retry_at = self._clock.seconds() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
         self._failing = True

@@ -1,5 +1,6 @@
 """
-The `smoltbot` operator command: `migrate`, `check-config`, `license`, `fake-provider`.
+The `smoltbot` operator command: `migrate`, `check-config`, `license`, `agents`, `requests`,
+`fake-provider`.
 
 It reads the same environment variables as the daemon. Every subcommand that reaches a
 dependency does so with a timeout and exits non-zero with a one-line reason when it fails.
@@ -59,6 +60,50 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         )
 
     return _react(main)
+
+
+def _cmd_agents(args: argparse.Namespace) -> int:
+    from smoltbot.reports import agents_command
+
+    config = _config_or_exit(_stderr)
+
+    async def main(reactor: Any) -> int:
+        return await agents_command(
+            reactor,
+            config.database_url,
+            as_json=args.json,
+            write=_stdout,
+            connect_timeout=config.database_connect_timeout,
+            query_timeout=config.database_query_timeout,
+        )
+
+    return _react(main)
+
+
+def _cmd_requests(args: argparse.Namespace) -> int:
+    from smoltbot.reports import requests_command
+
+    config = _config_or_exit(_stderr)
+
+    async def main(reactor: Any) -> int:
+        return await requests_command(
+            reactor,
+            config.database_url,
+            agent=args.agent,
+            limit=args.limit,
+            as_json=args.json,
+            write=_stdout,
+            connect_timeout=config.database_connect_timeout,
+            query_timeout=config.database_query_timeout,
+        )
+
+    return _react(main)
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise argparse.ArgumentTypeError("must be a whole number between 1 and 100000")
+    return int(raw)
 
 
 def _cmd_license(args: argparse.Namespace) -> int:
@@ -125,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the environment and reach every dependency")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     commands.add_parser("license", help="decode and judge MNEMOM_LICENSE_JWT (never prints the token)")
+    agents = commands.add_parser("agents", help="list agents: first and last seen, request count")
+    agents.add_argument("--json", action="store_true", help="print JSON")
+    requests = commands.add_parser("requests", help="list the latest request records, newest first")
+    requests.add_argument("--agent", metavar="ID", help="only this agent's requests (smolt-xxxxxxxx)")
+    requests.add_argument("--limit", metavar="N", type=_positive_int, default=20, help="how many (default 20)")
+    requests.add_argument("--json", action="store_true", help="print JSON, every recorded field")
     commands.add_parser(
         "fake-provider", help="run a fake Anthropic/OpenAI/Gemini server for tests and demos", add_help=False
     )
@@ -138,7 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["fake-provider"]:
         return _cmd_fake_provider(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
-    handlers = {"migrate": _cmd_migrate, "check-config": _cmd_check_config, "license": _cmd_license}
+    handlers = {
+        "migrate": _cmd_migrate,
+        "check-config": _cmd_check_config,
+        "license": _cmd_license,
+        "agents": _cmd_agents,
+        "requests": _cmd_requests,
+    }
     if args.command not in handlers:
         parser.print_help()
         return 2

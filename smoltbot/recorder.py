@@ -22,11 +22,13 @@ from typing import Any, Callable, NamedTuple, Protocol, TypeVar
 
 import psycopg2
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from smoltbot.database import describe_error
@@ -64,15 +66,17 @@ class Worker(Protocol):
 
 
 class WorkerThread:
-    """A `Worker` on one dedicated thread of its own."""
+    """A `Worker` on one dedicated thread of its own, stopped at reactor shutdown at the latest."""
 
     def __init__(self, reactor: Any, name: str = "smoltbot-spool") -> None:
         self._reactor = reactor
         self._pool = ThreadPool(1, 1, name)
+        self._trigger: Any = None
 
     def start(self) -> None:
         """Start the thread."""
         self._pool.start()
+        self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Call `fn(*args)` on the thread; the Deferred fires on the reactor thread with its result."""
@@ -80,7 +84,10 @@ class WorkerThread:
 
     def stop(self) -> None:
         """Stop the thread (joins it: call once every `run` has fired)."""
-        self._pool.stop()
+        if self._trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
+            self._pool.stop()
 
 
 class SpoolBacklog(NamedTuple):
@@ -135,8 +142,10 @@ class Recorder(Service):
         self._min_retry_delay = self._retry_delay = retry_delay
         self._max_retry_delay = max(max_retry_delay, retry_delay)
         self._queue: deque[RequestRecord] = deque()
-        self._spilling = 0  # records on their way to the spool after a queue overflow
-        self._spills: set[Deferred[None]] = set()
+        # Spool writes are group commits: records given while one is under way go in the next.
+        self._spool_pending: list[RequestRecord] = []
+        self._spool_waiters: list[Deferred[None]] = []
+        self._spool_writing = 0  # records in the write under way
         self._busy = False  # a pump is running
         self._pump_done: list[Deferred[None]] = []
         self._kick_call: IDelayedCall | None = None
@@ -152,7 +161,7 @@ class Recorder(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         self._flush_interval = flush_interval
-        metrics.trace_queue_depth.set_function(lambda: len(self._queue) + self._spilling)
+        metrics.trace_queue_depth.set_function(lambda: self.spool_backlog.queued)
         metrics.trace_spool_bytes.set_function(lambda: spool.bytes)
 
     # -- the proxy's side
@@ -165,7 +174,7 @@ class Recorder(Service):
             elif not isinstance(record, RequestRecord):
                 self._drop(1, f"not a RequestRecord: {type(record).__name__}")
             elif len(self._queue) >= self._queue_size and not self._spill():
-                self._drop(1, "the queue is full and the spool cannot keep up")
+                self._drop(1, "the queue is full and the spool cannot keep up with the overflow")
             else:
                 self._queue.append(record)
                 if len(self._queue) >= self._batch_size and self.running and not self._busy and self._kick_call is None:
@@ -176,7 +185,8 @@ class Recorder(Service):
     @property
     def spool_backlog(self) -> SpoolBacklog:
         """What waits to be written: records in memory, bytes and segments in the spool."""
-        return SpoolBacklog(len(self._queue) + self._spilling, self._spool.bytes, self._spool.segments)
+        queued = len(self._queue) + len(self._spool_pending) + self._spool_writing
+        return SpoolBacklog(queued, self._spool.bytes, self._spool.segments)
 
     def health_check(self) -> dict[str, Any]:
         """The `recorder` entry of `/health/ready`: a backlog is reported, only an unwritable spool fails it."""
@@ -208,13 +218,13 @@ class Recorder(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        while self._busy or self._spills or self._queue:
+        while self._busy or self._queue or self._spool_writing or self._spool_pending:
             if self._busy:
                 await self._when_pump_done()
-            elif self._spills:
-                await DeferredList(list(self._spills))
-            else:
+            elif self._queue:
                 await self._pump()
+            else:
+                await self._to_spool([])  # fires once the writes under way are done
         self._closed = True
         await self._io("spool_close", self._spool.close)
         self._worker.stop()
@@ -354,7 +364,7 @@ class Recorder(Service):
         return written
 
     def _database_failed(self, error: BaseException) -> None:
-        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, TimeoutError) else describe_error(error)
+        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, DeferredTimeout) else describe_error(error)
         if self._database.connected:  # a failure that cost time: back off before the next attempt
             self._retry_at = self._clock.seconds() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
@@ -364,28 +374,44 @@ class Recorder(Service):
 
     # -- the spool
 
-    async def _to_spool(self, batch: list[RequestRecord]) -> None:
-        try:
-            await self._worker.run(self._spool.append, batch)
-        except Exception as error:
-            self._drop(len(batch), f"spool not writable: {_describe(error)}")
+    def _to_spool(self, records: list[RequestRecord]) -> Deferred[None]:
+        """Append `records` to the spool with the next write; fires once it is done (a failed write counts its drops)."""
+        self._spool_pending.extend(records)
+        done: Deferred[None] = Deferred()
+        self._spool_waiters.append(done)
+        if not self._spool_writing:
+            self._write_spool()
+        return done
+
+    def _write_spool(self) -> None:
+        records, self._spool_pending = self._spool_pending, []
+        waiters, self._spool_waiters = self._spool_waiters, []
+        if records:
+            self._spool_writing = len(records)
+            written = self._worker.run(self._spool.append, records).addBoth(self._spool_written, records, waiters)
+            written.addErrback(lambda f: self.log.failure("spool write bookkeeping failed", f))
+        else:
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _spool_written(self, result: object, records: list[RequestRecord], waiters: list[Deferred[None]]) -> None:
+        self._spool_writing = 0
+        if isinstance(result, Failure):
+            self._drop(len(records), f"spool not writable: {_describe(result.value)}")
         else:
             self._metrics.background_tasks.labels(task="spool_write").inc()
+        for waiter in waiters:
+            waiter.callback(None)
+        if self._spool_pending or self._spool_waiters:
+            self._write_spool()
 
     def _spill(self) -> bool:
-        """Send the oldest batch of a full queue to the spool; False when the spool is already this far behind."""
-        if self._spilling >= self._queue_size:
+        """Move the oldest batch of a full queue to the spool; False when the spool is a whole queue behind already."""
+        if len(self._spool_pending) + self._spool_writing >= self._queue_size:
             return False
-        batch = self._take()
-        self._spilling += len(batch)
-        spill = Deferred.fromCoroutine(self._to_spool(batch))
-        self._spills.add(spill)
-
-        def done(result: object) -> None:
-            self._spilling -= len(batch)
-            self._spills.discard(spill)
-
-        spill.addErrback(lambda f: self.log.failure("spilling request records failed", f)).addCallback(done)
+        self._spool_pending.extend(self._take())
+        if not self._spool_writing:
+            self._write_spool()
         return True
 
     def _spool_opened(self, result: object) -> None:

@@ -1,0 +1,171 @@
+"""
+The operator's read commands over what the gateway recorded: `smoltbot agents` (every agent
+with its first and last sighting and request count) and `smoltbot requests` (the latest
+request records, newest first). This module owns their queries and their output, as an aligned
+text table or as JSON; `smoltbot.cli` only parses the arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Callable, Sequence
+
+import psycopg2
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+
+from smoltbot.database import Database, DatabaseError, DatabaseUnavailable, Reactor, describe_error
+from smoltbot.logs import format_timestamp
+from smoltbot.records import COLUMNS
+
+# Agents with their rows, and agents seen only in records (their row not written yet) too.
+AGENTS_SQL = """
+WITH counted AS (
+    SELECT agent_id, count(*) AS requests, min(created_at) AS first_request, max(created_at) AS last_request
+    FROM request_records WHERE agent_id IS NOT NULL GROUP BY agent_id
+)
+SELECT coalesce(a.id, c.agent_id) AS id,
+       least(a.first_seen, c.first_request) AS first_seen,
+       greatest(a.last_seen, c.last_request) AS last_seen,
+       coalesce(c.requests, 0) AS requests
+FROM agents a FULL JOIN counted c ON c.agent_id = a.id
+ORDER BY last_seen DESC NULLS LAST, id
+"""
+
+REQUESTS_SQL = "SELECT {columns} FROM request_records {where} ORDER BY created_at DESC, request_id LIMIT %s"
+
+# (heading, column, text width cap) of the `requests` table.
+_REQUEST_TABLE = (
+    ("TIME", "created_at", None),
+    ("REQUEST", "request_id", 36),
+    ("AGENT", "agent_id", None),
+    ("PROVIDER", "provider", None),
+    ("MODEL", "model", 32),
+    ("STATUS", "status", None),
+    ("STREAM", "streaming", None),
+    ("MS", "duration_ms", None),
+    ("TTFB", "ttfb_ms", None),
+    ("IN", "input_tokens", None),
+    ("OUT", "output_tokens", None),
+    ("STOP", "stop_reason", 20),
+    ("ERROR", "error_type", 24),
+)
+
+
+async def agents_command(
+    reactor: Reactor, dsn: str, *, as_json: bool, write: Callable[[str], None], connect_timeout: float, query_timeout: float
+) -> int:
+    """`smoltbot agents [--json]`; returns the exit status (1 with one line when the database fails)."""
+    rows = await _query(reactor, dsn, AGENTS_SQL, (), write, connect_timeout, query_timeout)
+    if rows is None:
+        return 1
+    agents = [{"id": id_, "first_seen": _iso(first), "last_seen": _iso(last), "requests": count} for id_, first, last, count in rows]
+    if as_json:
+        write(json.dumps(agents, indent=2))
+    elif not agents:
+        write("no agents yet")
+    else:
+        table = [[a["id"], _short(a["first_seen"]), _short(a["last_seen"]), str(a["requests"])] for a in agents]
+        for line in format_table(["AGENT", "FIRST SEEN", "LAST SEEN", "REQUESTS"], table, right=(3,)):
+            write(line)
+    return 0
+
+
+async def requests_command(
+    reactor: Reactor,
+    dsn: str,
+    *,
+    agent: str | None,
+    limit: int,
+    as_json: bool,
+    write: Callable[[str], None],
+    connect_timeout: float,
+    query_timeout: float,
+) -> int:
+    """`smoltbot requests [--agent ID] [--limit N] [--json]`; returns the exit status."""
+    sql = REQUESTS_SQL.format(columns=",".join(COLUMNS), where="WHERE agent_id = %s" if agent else "")
+    rows = await _query(reactor, dsn, sql, (agent, limit) if agent else (limit,), write, connect_timeout, query_timeout)
+    if rows is None:
+        return 1
+    records = [_record(row) for row in rows]
+    if as_json:
+        write(json.dumps(records, indent=2))
+    elif not records:
+        write("no requests recorded" + (f" for {agent}" if agent else ""))
+    else:
+        headings = [heading for heading, _, _ in _REQUEST_TABLE]
+        table = [[_cell(record, column, cap) for _, column, cap in _REQUEST_TABLE] for record in records]
+        for line in format_table(headings, table, right=(5, 7, 8, 9, 10)):
+            write(line)
+    return 0
+
+
+def format_table(headings: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str]:
+    """Lines of an aligned text table, two spaces between columns; columns in `right` are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [cell.rjust(width) if i in right else cell.ljust(width) for i, (cell, width) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return [line(headings), *(line(row) for row in rows)]
+
+
+async def _query(
+    reactor: Reactor,
+    dsn: str,
+    sql: str,
+    params: tuple[Any, ...],
+    write: Callable[[str], None],
+    connect_timeout: float,
+    query_timeout: float,
+) -> list[tuple[Any, ...]] | None:
+    """Run one read-only query on a one-connection pool; None after writing the reason it failed."""
+    try:
+        db = Database(dsn, reactor=reactor, pool_size=1, connect_timeout=connect_timeout, query_timeout=query_timeout)
+    except ValueError as error:
+        write(f"error: {error}")
+        return None
+    db.startService()
+    try:
+        try:
+            await db.when_connected().addTimeout(connect_timeout, reactor)
+        except DeferredTimeout:
+            reason = db.last_error or f"no connection within {connect_timeout:g}s"
+            raise DatabaseUnavailable(f"cannot reach the database {db.redacted_dsn}: {reason}") from None
+        return await db.run_query(sql, params, retry_idempotent=True)
+    except (DatabaseError, psycopg2.Error) as error:
+        hint = " (run `smoltbot migrate` first)" if getattr(error, "pgcode", None) == "42P01" else ""
+        write(f"error: {describe_error(error)}{hint}")
+        return None
+    finally:
+        await db.stopService()
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip(COLUMNS, row))
+    record["created_at"] = _iso(record["created_at"])
+    return record
+
+
+def _cell(record: dict[str, Any], column: str, cap: int | None) -> str:
+    value = record[column]
+    if value is None:
+        return "-"
+    if column == "created_at":
+        return _short(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    text = str(value)
+    return text if cap is None or len(text) <= cap else text[: cap - 1] + "…"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment.timestamp())
+
+
+def _short(iso: str | None) -> str:
+    """`2026-01-15T12:00:00.123Z` as `2026-01-15 12:00:00Z`, for tables."""
+    return "-" if iso is None else iso[:10] + " " + iso[11:19] + "Z"
