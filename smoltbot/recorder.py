@@ -264,7 +264,7 @@ class Recorder(Service):
         try:
             while True:
                 live = len(self._queue) >= self._batch_size or (bool(self._queue) and (self._due or self._stopping))
-                replay = not self._stopping and not self._replay_idle and self._database_usable()
+                replay = not (self._stopping or self._replay_idle or self._spool.error) and self._database_usable()
                 if live and not (replay and not self._replayed_last):
                     self._replayed_last = False
                     await self._flush(self._take())

@@ -117,6 +117,21 @@ class DefaultsAndOverridesTests(SynchronousTestCase):
         self.assertEqual(config.upstreams["anthropic"], "https://api.anthropic.com")
         self.assertEqual(config.probe_interval, 5.0)
 
+    def test_recorder_knobs(self):
+        """Recorder knobs have their documented defaults, the spool lives in the state folder unless moved, and bad values are named."""
+        config = load_config(env(SMOLTBOT_STATE_DIR="/srv/state"))
+        self.assertEqual(config.spool_dir, "/srv/state/spool")
+        self.assertEqual(
+            (config.recorder_queue_size, config.recorder_batch_size, config.recorder_flush_interval), (10_000, 500, 1.0)
+        )
+        self.assertEqual((config.agent_last_seen_interval, config.agent_pending_max), (60.0, 10_000))
+        config = load_config(env(RECORDER_SPOOL_DIR="/mnt/spool", RECORDER_BATCH_SIZE="50", RECORDER_FLUSH_INTERVAL_SECONDS="0.2"))
+        self.assertEqual((config.spool_dir, config.recorder_batch_size, config.recorder_flush_interval), ("/mnt/spool", 50, 0.2))
+        with self.assertRaises(ConfigError) as raised:
+            load_config(env(RECORDER_QUEUE_SIZE="0", RECORDER_SPOOL_SEGMENT_BYTES="10"))
+        self.assertIn("RECORDER_QUEUE_SIZE", str(raised.exception))
+        self.assertIn("RECORDER_SPOOL_SEGMENT_BYTES", str(raised.exception))
+
     def test_empty_heartbeat_url_disables(self):
         """HEARTBEAT_URL set to the empty string disables the heartbeat."""
         self.assertIsNone(load_config(env(HEARTBEAT_URL="")).heartbeat_url)

@@ -3,6 +3,7 @@ End-to-end tests of the real daemon process (`twistd -n smoltbot`): startup, con
 errors, health, logging and shutdown — the troubleshooting cases of docs/TROUBLESHOOTING.md.
 """
 
+import os
 import socket
 import time
 
@@ -68,6 +69,7 @@ class DaemonProcessTests(TestCase):
         self.assertEqual(code, 200, body)
         self.assertEqual(body["checks"]["redis"], {"ok": True, "latencyMs": body["checks"]["redis"]["latencyMs"], "mode": "memory"})
         self.assertTrue(body["checks"]["supabase"]["ok"])
+        self.assertEqual(body["checks"]["recorder"], {"ok": True, "queue": 0, "spoolBytes": 0})
 
     async def _ready_when(self, condition, attempts=200):
         """Query /health/ready until `condition(body)` holds (each probe round takes 0.5 s)."""
@@ -119,6 +121,20 @@ class DaemonProcessTests(TestCase):
         self.assertIn("latencyMs", body["checks"]["redis"])
         code, _ = await get_json(self.port, "/health/live")
         self.assertEqual(code, 200)
+
+    async def test_unwritable_spool_fails_readiness(self):
+        """A spool folder that cannot be created makes readiness 503, naming the recorder's problem."""
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w") as f:
+            f.write("a file where the spool folder should be")
+        daemon = start_daemon(self, self.env(RECORDER_SPOOL_DIR=f"{blocker}/spool"))
+        await daemon.wait_for(lambda r: "spool" in r["message"] and r["level"] == "error")
+        code, body = await self._ready_when(lambda b: b.get("status") != "starting")
+        self.assertEqual(code, 503)
+        self.assertFalse(body["checks"]["recorder"]["ok"])
+        self.assertIn("spool not writable", body["checks"]["recorder"]["error"])
+        daemon.signal("TERM")
+        self.assertEqual(await daemon.wait_exit(), 0)
 
     async def test_database_down_at_start_then_recovers(self):
         """PostgreSQL unreachable at start: supabase.ok is false; once it is back, readiness recovers with no restart."""

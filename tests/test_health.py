@@ -126,3 +126,15 @@ class ProbeTests(SynchronousTestCase):
         value = self.metrics.registry.get_sample_value("gateway_health_check_ok", {"check": "supabase"})
         self.assertEqual(value, 0)
         self.assertEqual(self.metrics.registry.get_sample_value("gateway_health_check_ok", {"check": "redis"}), 1)
+
+    def test_in_process_checks(self):
+        """A check added with add_check is read at each answer and fails readiness like a probe, but never replaces 'starting'."""
+        recorder = {"ok": True, "queue": 3, "spoolBytes": 0}
+        self.state.add_check("recorder", lambda: dict(recorder))
+        self.assertEqual(self.state.readiness()[1]["status"], "starting")
+        self.probes.startService()
+        status, body = self.state.readiness()
+        self.assertEqual((status, body["checks"]["recorder"]), (200, recorder))
+        recorder["ok"] = False
+        self.assertEqual(self.state.readiness()[0], 503)
+        self.assertFalse(self.state.healthy)

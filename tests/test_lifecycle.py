@@ -1,6 +1,9 @@
 """In-process tests of the daemon's lifecycle on a memory reactor: start, drain, shutdown order."""
 
+import os
+
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -96,3 +99,34 @@ class LifecycleTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.successResultOf(stopping)
         self.assertFalse(self.service.running)
+
+    def test_recorder_and_agents_wired(self):
+        """A gateway role exposes the recorder and agent registry, and readiness reports the recorder's backlog."""
+        self.assertTrue(self.service.recorder.running)
+        self.assertTrue(self.service.agents.running)
+        self.assertIn(str(os.getpid()), self.service.instance_id)
+        self.service.health.checks = {"supabase": {"ok": True}}
+        status, body = self.service.health.readiness()
+        self.assertEqual((status, body["checks"]["recorder"]), (200, {"ok": True, "queue": 0, "spoolBytes": 0}))
+
+    def test_children_stop_one_after_the_other(self):
+        """The database is stopped only once the recorder has finished stopping (it may still be writing to it)."""
+        recorder_stopped = Deferred()
+        self.patch(self.service.recorder, "stopService", lambda: recorder_stopped)
+        stopping = self.service.stopService()
+        self.reactor.advance(2)
+        self.assertTrue(self.service.database.running)
+        self.assertNoResult(stopping)
+        recorder_stopped.callback(None)
+        self.successResultOf(stopping)
+        self.assertFalse(self.service.database.running)
+
+
+class SchedulerRoleTests(SynchronousTestCase):
+    def test_no_recorder(self):
+        """The scheduler role serves no traffic, so it has neither recorder nor agent registry."""
+        service = GatewayService(load_config({**ENV, "SMOLTBOT_ROLE": "scheduler"}), MemoryReactorClock())
+        self.assertIsNone(service.recorder)
+        self.assertIsNone(service.agents)
+        self.assertNotIn("recorder", service.health.current())
+
