@@ -6,6 +6,7 @@ backoff, spool, overflow, drops, stop), then against the real PostgreSQL behind 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -20,7 +21,7 @@ from smoltbot.database import Database, DatabaseUnavailable
 from smoltbot.metrics import Metrics
 from smoltbot.migrations import apply_pending, discover, migrations_dir
 from smoltbot.recorder import Recorder, WorkerThread
-from smoltbot.records import COLUMNS
+from smoltbot.records import COLUMNS, RequestRecord
 from smoltbot.spool import Spool
 from tests.faultproxy import FaultProxy
 from tests.support import InlineWorker, new_database
@@ -34,7 +35,7 @@ class FakeDatabase:
     def __init__(self) -> None:
         self.connected = True
         self.mode: Any = "ok"  # "ok", "hang", or an exception to fail with
-        self.rows: dict[str, tuple] = {}
+        self.rows: dict[str, dict] = {}
         self.batches: list[list[str]] = []  # request ids of every insert attempted, in order
         self.hung: list[Deferred] = []
         self.refused: set[str] = set()  # request ids the schema rejects
@@ -42,18 +43,17 @@ class FakeDatabase:
     def run_query(self, sql, params=None, *, retry_idempotent=False):
         if not self.connected:
             return fail(DatabaseUnavailable("database unavailable: connection refused"))
-        width = len(COLUMNS)
-        rows = [tuple(params[i : i + width]) for i in range(0, len(params), width)]
-        self.batches.append([row[0] for row in rows])
+        rows = json.loads(params[0])
+        self.batches.append([row["request_id"] for row in rows])
         if self.mode == "hang":
             self.hung.append(Deferred())
             return self.hung[-1]
         if isinstance(self.mode, Exception):
             return fail(self.mode)
-        if any(row[0] in self.refused for row in rows):
+        if any(row["request_id"] in self.refused for row in rows):
             return fail(psycopg2.DataError("value refused by a constraint"))
-        new = [row for row in rows if row[0] not in self.rows]
-        self.rows.update((row[0], row) for row in new)
+        new = [row for row in rows if row["request_id"] not in self.rows]
+        self.rows.update((row["request_id"], row) for row in new)
         return succeed([(len(new),)])
 
 
@@ -454,3 +454,43 @@ class RecorderPostgresTests(TestCase):
         await recorder.stopService()
         self.assertEqual(len(await self.table()), 20_000)
         self.assertEqual(sample(self.metrics, "gateway_traces_dropped_total"), 0)
+
+    async def test_values_stored_as_recorded(self) -> None:
+        """Every field reaches its column unchanged: text (unicode included), numbers, booleans, NULLs and the timestamp."""
+        db = await self.pool()
+        await db.when_connected().addTimeout(10, reactor)
+        recorder = self.recorder(db)
+        full = make_record(1, model="gémini-2.5 «pro»", bytes_out=2**40, ttfb_ms=0.125, created_at=1_760_000_000.25)
+        sparse = RequestRecord(request_id="sparse", provider="gemini", method="GET", path="/v1beta/models", created_at=1_760_000_001.0)
+        recorder.record(full)
+        recorder.record(sparse)
+        await recorder.stopService()
+        connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.dbname)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT {','.join(COLUMNS[:-1])}, extract(epoch FROM created_at) FROM request_records ORDER BY request_id")
+                rows = cursor.fetchall()
+        finally:
+            connection.close()
+        for record, row in zip([full, sparse], rows):
+            self.assertEqual(row[:-1], tuple(getattr(record, name) for name in COLUMNS[:-1]))
+            self.assertAlmostEqual(float(row[-1]), record.created_at, places=5)
+
+    async def test_refused_row_dropped_rest_written(self) -> None:
+        """A row the schema refuses (a constraint added later) is dropped and counted; its batch's other rows are written."""
+        connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.dbname)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("ALTER TABLE request_records ADD CONSTRAINT no_poison CHECK (request_id <> 'req-000003')")
+        finally:
+            connection.close()
+        db = await self.pool()
+        await db.when_connected().addTimeout(10, reactor)
+        recorder = self.recorder(db)
+        for n in range(10):
+            recorder.record(make_record(n))
+        await recorder.stopService()
+        self.assertEqual(len(await self.table()), 9)
+        self.assertEqual(sample(self.metrics, "gateway_traces_dropped_total"), 1)
+        self.assertEqual(recorder.spool_backlog.spool_bytes, 0)
