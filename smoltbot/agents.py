@@ -101,9 +101,10 @@ class AgentRegistry(Service):
                     if agent_id in self._touch or self._admit(agent_id):
                         self._touch[agent_id] = max(when, self._touch.get(agent_id, when))
                 return
-            if not (_AGENT_ID.fullmatch(agent_id) and _AGENT_HASH.fullmatch(agent_hash) and agent_id[6:] == agent_hash[:8]):
-                if (held := self._throttle.allow("invalid")) is not None:
-                    self.log.error("ignoring a malformed agent identity {agent_id}", agent_id=agent_id[:40], suppressed=held)
+            well_formed = _AGENT_ID.fullmatch(agent_id) and _AGENT_HASH.fullmatch(agent_hash)
+            if not well_formed or agent_id[6:] != agent_hash[:8]:
+                if (held := self._throttle.allow("invalid")) is not None:  # the value is not logged: it may be anything
+                    self.log.error("ignoring a malformed agent identity", suppressed=held)
                 return
             if len(self._known) >= self._max_known:
                 self._known.clear()  # a flood of new agents: forgetting costs at most redundant inserts
@@ -120,7 +121,8 @@ class AgentRegistry(Service):
         self._known.pop(agent_id, None)
         self._metrics.agent_sightings_dropped.inc()
         if (held := self._throttle.allow("full")) is not None:
-            self.log.warn("{count} agent sightings already wait for PostgreSQL: dropping new ones", count=self.pending, suppressed=held)
+            message = "{count} agent sightings wait for PostgreSQL: dropping new ones"
+            self.log.warn(message, count=self.pending, suppressed=held)
         return False
 
     # -- the Service
@@ -182,7 +184,8 @@ class AgentRegistry(Service):
 
     async def _insert(self, batch: dict[str, tuple[str, float]]) -> None:
         params = [value for agent_id, (hash16, when) in batch.items() for value in (agent_id, hash16, when, when)]
-        rows = await self._write(_INSERT, "(%s,%s,to_timestamp(%s),to_timestamp(%s))", params, batch, self._new, "agent_upsert")
+        row = "(%s,%s,to_timestamp(%s),to_timestamp(%s))"
+        rows = await self._write(_INSERT, row, params, batch, self._new, "agent_upsert")
         inserted = {agent_id for (agent_id,) in rows}
         for agent_id, (_, when) in batch.items():  # rows that existed already (another process, an earlier run)
             if agent_id not in inserted and (agent_id in self._touch or self._admit(agent_id)):
@@ -218,7 +221,8 @@ class AgentRegistry(Service):
                 self._metrics.agent_sightings_dropped.inc()
 
     def _failed(self, error: BaseException) -> None:
-        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, DeferredTimeout) else describe_error(error)
+        timed_out = isinstance(error, DeferredTimeout)
+        reason = f"no answer within {self._write_timeout:g}s" if timed_out else describe_error(error)
         self._retry_at = self._clock.seconds() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
         self._failing = True

@@ -33,6 +33,7 @@ import psycopg2
 from psycopg2.extensions import parse_dsn
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone, ConnectionLost, DNSLookupError
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHostResolution, IResolutionReceiver
 from twisted.logger import Logger
@@ -81,6 +82,15 @@ def describe_error(error: BaseException | Failure) -> str:
     value = error.value if isinstance(error, Failure) else error
     lines = [line.strip() for line in str(value).splitlines() if line.strip()]
     return lines[0] if lines else type(value).__name__
+
+
+async def wait_connected(db: Database, reactor: Reactor, timeout: float) -> None:
+    """Wait for `db`'s first connection; after `timeout` seconds raise DatabaseUnavailable saying why there is none."""
+    try:
+        await db.when_connected().addTimeout(timeout, reactor)
+    except DeferredTimeout:
+        reason = db.last_error or f"no connection within {timeout:g}s"
+        raise DatabaseUnavailable(f"cannot reach the database {db.redacted_dsn}: {reason}") from None
 
 
 def _mask(match: re.Match[str]) -> str:

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import psycopg2
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from txpostgres.txpostgres import Cursor
 
-from smoltbot.database import Database, DatabaseError, DatabaseUnavailable, Reactor, describe_error
+from smoltbot.database import Database, DatabaseError, Reactor, describe_error, wait_connected
 
 _NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x736D6F6C74626F74  # b"smoltbot": the advisory lock serialising migration runners
@@ -190,7 +189,7 @@ async def migrate_command(
         return 1
     db.startService()
     try:
-        await _connected(db, reactor, connect_timeout)
+        await wait_connected(db, reactor, connect_timeout)
         if status_only:
             status = await migration_status(db, migrations)
             for line in format_status(status):
@@ -202,14 +201,6 @@ async def migrate_command(
         return 1
     finally:
         await db.stopService()
-
-
-async def _connected(db: Database, reactor: Reactor, timeout: float) -> None:
-    try:
-        await db.when_connected().addTimeout(timeout, reactor)
-    except DeferredTimeout:
-        reason = db.last_error or f"no connection within {timeout:g}s"
-        raise DatabaseUnavailable(f"cannot reach the database {db.redacted_dsn}: {reason}") from None
 
 
 async def _applied_rows(db: Database) -> list[tuple[str, str, datetime]]:

@@ -35,6 +35,7 @@ from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
 from smoltbot.records import COLUMNS, RequestRecord
 from smoltbot.spool import ReplayBatch, Spool
+from smoltbot.spool import describe as describe_spool_error
 
 T = TypeVar("T")
 
@@ -56,10 +57,11 @@ _SQL_TYPES = {
     "thinking_present": "boolean",
     "created_at": "float8",
 }
+_SELECTED = ",".join("to_timestamp(r.created_at)" if name == "created_at" else "r." + name for name in COLUMNS)
+_RECORD_TYPE = ",".join(f"{name} {_SQL_TYPES.get(name, 'text')}" for name in COLUMNS)
 _INSERT = (
     f"WITH written AS (INSERT INTO request_records ({','.join(COLUMNS)})"
-    f" SELECT {','.join('to_timestamp(r.created_at)' if name == 'created_at' else 'r.' + name for name in COLUMNS)}"
-    f" FROM json_to_recordset(%s::json) AS r ({','.join(name + ' ' + _SQL_TYPES.get(name, 'text') for name in COLUMNS)})"
+    f" SELECT {_SELECTED} FROM json_to_recordset(%s::json) AS r ({_RECORD_TYPE})"
     " ON CONFLICT (request_id) DO NOTHING RETURNING 1) SELECT count(*) FROM written"
 )
 _REFUSED = (psycopg2.DataError, psycopg2.IntegrityError)  # the schema rejects a value: retrying cannot help
@@ -71,7 +73,9 @@ class Database(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def run_query(self, sql: str, params: Any = None, *, retry_idempotent: bool = False) -> Deferred[list[tuple[Any, ...]]]: ...
+    def run_query(
+        self, sql: str, params: Any = None, *, retry_idempotent: bool = False
+    ) -> Deferred[list[tuple[Any, ...]]]: ...
 
 
 class Worker(Protocol):
@@ -210,9 +214,10 @@ class Recorder(Service):
     def health_check(self) -> dict[str, Any]:
         """The `recorder` entry of `/health/ready`: a backlog is reported, only an unwritable spool fails it."""
         backlog = self.spool_backlog
-        check: dict[str, Any] = {"ok": self._spool.error is None, "queue": backlog.queued, "spoolBytes": backlog.spool_bytes}
-        if self._spool.error is not None:
-            check["error"] = f"spool not writable: {self._spool.error}"
+        error = self._spool.error
+        check: dict[str, Any] = {"ok": error is None, "queue": backlog.queued, "spoolBytes": backlog.spool_bytes}
+        if error is not None:
+            check["error"] = f"spool not writable: {error}"
         return check
 
     # -- the Service
@@ -248,7 +253,7 @@ class Recorder(Service):
         await self._io("spool_close", self._spool.close)
         self._worker.stop()
         if self._spool.bytes:
-            self.log.info("{bytes} bytes of request records stay in the spool for the next start", bytes=self._spool.bytes)
+            self.log.info("{bytes} bytes of request records stay in the spool", bytes=self._spool.bytes)
 
     # -- the flush loop
 
@@ -314,7 +319,7 @@ class Recorder(Service):
             batch: ReplayBatch | None = await self._worker.run(self._spool.read, self._batch_size)
         except OSError as error:
             self._replay_idle = True
-            self._log_error("spool_read", "cannot read the request-record spool: {error}", error=_describe(error))
+            self._log_error("spool_read", "cannot read the spool: {error}", error=describe_spool_error(error))
             return
         if batch is None:
             self._replay_idle = True
@@ -325,11 +330,12 @@ class Recorder(Service):
             await self._worker.run(self._spool.commit, batch)
         except OSError as error:
             self._replay_idle = True
-            self._log_error("spool_read", "cannot delete a replayed spool segment: {error}", error=_describe(error))
+            self._log_error("spool_read", "cannot delete a spool segment: {error}", error=describe_spool_error(error))
             return
         if batch.corrupt:
             self._metrics.trace_spool_corrupt_lines.inc(batch.corrupt)
-            self._log_error("spool_corrupt", "skipped {count} corrupt lines in spool segment {segment}", count=batch.corrupt, segment=batch.segment)
+            message = "skipped {count} corrupt lines in spool segment {segment}"
+            self._log_error("spool_corrupt", message, count=batch.corrupt, segment=batch.segment)
         if batch.finished:
             self.log.info("spool segment {segment} replayed into PostgreSQL", segment=batch.segment)
 
@@ -337,7 +343,8 @@ class Recorder(Service):
 
     def _database_usable(self) -> bool:
         now = self._clock.seconds()
-        return self._database.connected and now >= self._retry_at and not (self._stopping and now >= self._stop_deadline)
+        past_deadline = self._stopping and now >= self._stop_deadline
+        return self._database.connected and now >= self._retry_at and not past_deadline
 
     async def _insert(self, records: list[RequestRecord], task: str) -> bool:
         """Write `records` in one statement; False (and a backoff) when PostgreSQL failed or was too slow."""
@@ -383,18 +390,19 @@ class Recorder(Service):
         return written
 
     def _database_failed(self, error: BaseException) -> None:
-        reason = f"no answer within {self._write_timeout:g}s" if isinstance(error, DeferredTimeout) else describe_error(error)
+        timed_out = isinstance(error, DeferredTimeout)
+        reason = f"no answer within {self._write_timeout:g}s" if timed_out else describe_error(error)
         if self._database.connected:  # a failure that cost time: back off before the next attempt
             self._retry_at = self._clock.seconds() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
         self._db_failing = True
         if (held := self._throttle.allow("database")) is not None:
-            self.log.warn("PostgreSQL cannot take request records, spooling them: {error}", error=reason, suppressed=held)
+            self.log.warn("PostgreSQL cannot take request records, spooling: {error}", error=reason, suppressed=held)
 
     # -- the spool
 
     def _to_spool(self, records: list[RequestRecord]) -> Deferred[None]:
-        """Append `records` to the spool with the next write; fires once it is done (a failed write counts its drops)."""
+        """Append `records` to the spool with the next write; fires once that is done (a failed one counts drops)."""
         self._spool_pending.extend(records)
         done: Deferred[None] = Deferred()
         self._spool_waiters.append(done)
@@ -416,7 +424,7 @@ class Recorder(Service):
     def _spool_written(self, result: object, records: list[RequestRecord], waiters: list[Deferred[None]]) -> None:
         self._spool_writing = 0
         if isinstance(result, Failure):
-            self._drop(len(records), f"spool not writable: {_describe(result.value)}")
+            self._drop(len(records), f"spool not writable: {describe_spool_error(result.value)}")
         else:
             self._metrics.background_tasks.labels(task="spool_write").inc()
         for waiter in waiters:
@@ -437,7 +445,7 @@ class Recorder(Service):
         backlog = self.spool_backlog
         if backlog.spool_bytes:
             self.log.info(
-                "request-record spool holds {bytes} bytes in {segments} segments: replaying them once PostgreSQL answers",
+                "request-record spool holds {bytes} bytes in {segments} segments: replayed once PostgreSQL answers",
                 bytes=backlog.spool_bytes,
                 segments=backlog.spool_segments,
             )
@@ -447,7 +455,8 @@ class Recorder(Service):
 
         def failed(failure: Any) -> None:
             if failure.check(OSError):
-                self._log_error(task, "request-record spool {folder} not usable: {error}", folder=self._spool.directory, error=_describe(failure.value))
+                message = "request-record spool {folder} not usable: {error}"
+                self._log_error(task, message, folder=self._spool.directory, error=describe_spool_error(failure.value))
             else:
                 self.log.failure("request-record spool call failed", failure)
 
@@ -463,9 +472,3 @@ class Recorder(Service):
         held = self._throttle.allow(key)
         if held is not None:
             self.log.error(message, suppressed=held, **fields)
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.filename:
-        return f"{error.strerror or type(error).__name__}: {error.filename}"
-    return describe_error(error)

@@ -102,7 +102,7 @@ class RequestRecord:
 
     @classmethod
     def from_json(cls, line: str | bytes) -> RequestRecord:
-        """Decode `to_json`'s output; anything else (unknown or missing fields, wrong types) raises RecordFormatError."""
+        """Decode `to_json`'s output; anything else (unknown, missing or mistyped fields) raises RecordFormatError."""
         try:
             data = json.loads(line)
             if not isinstance(data, dict):
@@ -113,7 +113,7 @@ class RequestRecord:
             return cls(**data)
         except RecordFormatError:
             raise
-        except (ValueError, TypeError, RecursionError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except (ValueError, TypeError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
             raise RecordFormatError(str(error)) from None
 
 

@@ -12,9 +12,8 @@ from datetime import datetime
 from typing import Any, Callable, Sequence
 
 import psycopg2
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 
-from smoltbot.database import Database, DatabaseError, DatabaseUnavailable, Reactor, describe_error
+from smoltbot.database import Database, DatabaseError, Reactor, describe_error, wait_connected
 from smoltbot.logs import format_timestamp
 from smoltbot.records import COLUMNS
 
@@ -53,13 +52,22 @@ _REQUEST_TABLE = (
 
 
 async def agents_command(
-    reactor: Reactor, dsn: str, *, as_json: bool, write: Callable[[str], None], connect_timeout: float, query_timeout: float
+    reactor: Reactor,
+    dsn: str,
+    *,
+    as_json: bool,
+    write: Callable[[str], None],
+    connect_timeout: float,
+    query_timeout: float,
 ) -> int:
     """`smoltbot agents [--json]`; returns the exit status (1 with one line when the database fails)."""
     rows = await _query(reactor, dsn, AGENTS_SQL, (), write, connect_timeout, query_timeout)
     if rows is None:
         return 1
-    agents = [{"id": id_, "first_seen": _iso(first), "last_seen": _iso(last), "requests": count} for id_, first, last, count in rows]
+    agents = [
+        {"id": agent_id, "first_seen": _iso(first), "last_seen": _iso(last), "requests": count}
+        for agent_id, first, last, count in rows
+    ]
     if as_json:
         write(json.dumps(agents, indent=2))
     elif not agents:
@@ -105,8 +113,8 @@ def format_table(headings: Sequence[str], rows: Sequence[Sequence[str]], right: 
     widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [cell.rjust(width) if i in right else cell.ljust(width) for i, (cell, width) in enumerate(zip(cells, widths))]
-        return "  ".join(parts).rstrip()
+        padded = (cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
 
     return [line(headings), *(line(row) for row in rows)]
 
@@ -128,11 +136,7 @@ async def _query(
         return None
     db.startService()
     try:
-        try:
-            await db.when_connected().addTimeout(connect_timeout, reactor)
-        except DeferredTimeout:
-            reason = db.last_error or f"no connection within {connect_timeout:g}s"
-            raise DatabaseUnavailable(f"cannot reach the database {db.redacted_dsn}: {reason}") from None
+        await wait_connected(db, reactor, connect_timeout)
         return await db.run_query(sql, params, retry_idempotent=True)
     except (DatabaseError, psycopg2.Error) as error:
         hint = " (run `smoltbot migrate` first)" if getattr(error, "pgcode", None) == "42P01" else ""

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Sequence
 
+from smoltbot.database import describe_error
 from smoltbot.records import RecordFormatError, RequestRecord
 
 SUFFIX = ".jsonl"
@@ -80,7 +81,7 @@ class Spool:
             os.unlink(probe)
             self._scan()
         except OSError as error:
-            self.error = _describe(error)
+            self.error = describe(error)
             raise
         self._opened, self.error = True, None
 
@@ -106,7 +107,7 @@ class Spool:
                     self.seal()  # a torn line may stay behind: replay skips it as corrupt
                 raise
         except OSError as error:
-            self.error = _describe(error)
+            self.error = describe(error)
             raise
         self.error = None
         active.size += len(data)
@@ -253,5 +254,8 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _describe(error: OSError) -> str:
-    return f"{error.strerror or type(error).__name__}: {error.filename}" if error.filename else str(error)
+def describe(error: BaseException) -> str:
+    """One line for a spool error: `<reason>: <path>` for OS errors, which carry the file they concern."""
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    return describe_error(error)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import Logger, formatEvent
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smoltbot.database import Database, DatabaseUnavailable
@@ -325,14 +325,36 @@ async def migrated_database() -> str:
     return url.rsplit("/", 1)[1]
 
 
-async def eventually(condition, timeout: float = 20.0, step: float = 0.02) -> None:
-    """Wait until `condition()` holds, checking every `step` seconds; fail after `timeout`."""
-    waited = 0.0
-    while not condition():
-        if waited >= timeout:
-            raise AssertionError("condition not met in time")
-        await deferLater(reactor, step)
-        waited += step
+def until(recorder: Recorder, metrics: Metrics, condition: Callable[[], bool], timeout: float = 30.0) -> Deferred[None]:
+    """
+    Fire once `condition()` holds. It is checked whenever records are written to PostgreSQL, a
+    spool write ends or the recorder logs (a segment replayed), so nothing polls.
+    """
+    done: Deferred[None] = Deferred()
+
+    def check(*ignored: Any) -> None:
+        if not done.called and condition():
+            done.callback(None)
+
+    def watch(counter: Any) -> None:
+        increment = counter.inc
+
+        def counted(amount: float = 1.0) -> None:
+            increment(amount)
+            check()
+
+        counter.inc = counted
+
+    watch(metrics.traces_written)
+    watch(metrics.background_tasks.labels(task="spool_write"))
+
+    def observe(event: dict) -> None:
+        globalLogPublisher(event)
+        check()
+
+    recorder.log = Logger(namespace="smoltbot.recorder.Recorder", source=recorder, observer=observe)
+    check()
+    return done.addTimeout(timeout, reactor)
 
 
 class RecorderPostgresTests(TestCase):
@@ -384,17 +406,20 @@ class RecorderPostgresTests(TestCase):
         db = await self.pool()
         await db.when_connected().addTimeout(10, reactor)
         recorder = self.recorder(db)
-        for n in range(3000):
+        written = lambda: sample(self.metrics, "gateway_traces_written_total")  # noqa: E731
+        for n in range(1000):
             recorder.record(make_record(n))
-            if n == 1000:
-                self.proxy.mode = "refuse"
-                self.proxy.cut()
-            if n == 2000:
-                self.proxy.mode = "relay"
-            if n % 100 == 0:
-                await deferLater(reactor, 0.01)  # requests arrive over time
-        self.assertGreater(sample(self.metrics, "gateway_background_tasks_total", task="spool_write"), 0)
-        await eventually(lambda: sample(self.metrics, "gateway_traces_written_total") >= 3000 and not recorder.spool_backlog.spool_bytes)
+        await until(recorder, self.metrics, lambda: written() == 1000)
+        self.proxy.mode = "refuse"
+        self.proxy.cut()
+        for n in range(1000, 2000):
+            recorder.record(make_record(n))
+        await until(recorder, self.metrics, lambda: recorder.spool_backlog.spool_bytes and not recorder.spool_backlog.queued)
+        self.assertLess(written(), 1100)  # at most a batch cut in flight made it
+        self.proxy.mode = "relay"
+        for n in range(2000, 3000):
+            recorder.record(make_record(n))
+        await until(recorder, self.metrics, lambda: written() >= 3000 and not recorder.spool_backlog.spool_bytes)
         await recorder.stopService()
         rows = await self.table()
         self.assertEqual(len(rows), 3000)
@@ -414,9 +439,10 @@ class RecorderPostgresTests(TestCase):
         self.assertTrue(segment_files(self.directory))
         self.proxy.mode = "relay"
         second = self.recorder(await self.pool())
-        await eventually(lambda: sample(self.metrics, "gateway_traces_written_total") >= 700)
-        await eventually(lambda: not segment_files(self.directory))
+        written = lambda: sample(self.metrics, "gateway_traces_written_total")  # noqa: E731
+        await until(second, self.metrics, lambda: written() >= 700 and not second.spool_backlog.spool_bytes)
         await second.stopService()
+        self.assertEqual(segment_files(self.directory), [])
         self.assertEqual(len(await self.table()), 700)
 
     async def test_stop_flushes_the_queue_into_postgresql(self) -> None:
@@ -445,12 +471,12 @@ class RecorderPostgresTests(TestCase):
             if n % 20 == 0:
                 await deferLater(reactor, 0.001)  # at most 20,000 requests a second
         self.assertLessEqual(deepest, 2 * 1000 + 100)  # the queue, and at most as much again on its way to the spool
-        await eventually(lambda: recorder.spool_backlog.queued == 0)
+        await until(recorder, self.metrics, lambda: recorder.spool_backlog.queued == 0)
         self.assertEqual(sample(self.metrics, "gateway_traces_dropped_total"), 0)
         self.assertGreater(recorder.spool_backlog.spool_bytes, 19_000 * 300)
         self.proxy.mode = "relay"
         self.proxy.cut()
-        await eventually(lambda: sample(self.metrics, "gateway_traces_written_total") >= 20_000, timeout=40)
+        await until(recorder, self.metrics, lambda: sample(self.metrics, "gateway_traces_written_total") >= 20_000)
         await recorder.stopService()
         self.assertEqual(len(await self.table()), 20_000)
         self.assertEqual(sample(self.metrics, "gateway_traces_dropped_total"), 0)
