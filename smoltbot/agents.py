@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from smoltbot.database import describe_error
 from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
-from smoltbot.recorder import Database
+from smoltbot.recorder import QueryRunner
 
 _AGENT_ID = re.compile(r"smolt-[0-9a-f]{8}")
 _AGENT_HASH = re.compile(r"[0-9a-f]{16}")
@@ -52,7 +52,7 @@ class AgentRegistry(Service):
 
     def __init__(
         self,
-        database: Database,
+        database: QueryRunner,
         *,
         clock: IReactorTime,
         metrics: Metrics,

@@ -67,8 +67,8 @@ _INSERT = (
 _REFUSED = (psycopg2.DataError, psycopg2.IntegrityError)  # the schema rejects a value: retrying cannot help
 
 
-class Database(Protocol):
-    """What the recorder and the agent registry need of `smoltbot.database.Database`."""
+class QueryRunner(Protocol):
+    """What the recorder and the agent registry need of the pool (`smoltbot.database.Database`)."""
 
     @property
     def connected(self) -> bool: ...
@@ -137,7 +137,7 @@ class Recorder(Service):
 
     def __init__(
         self,
-        database: Database,
+        database: QueryRunner,
         spool: Spool,
         *,
         clock: IReactorTime,
