@@ -17,7 +17,6 @@
 # Exit status: 0 all passed, 1 something failed, 2 nothing failed but some checks could not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 cache=${SMOLTBOT_TEST_CACHE:-/var/cache/smoltbot-packaging}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 port=${SMOLTBOT_TEST_PORT:-18787}
