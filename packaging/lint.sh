@@ -75,9 +75,13 @@ else
 fi
 for key in Type=notify NotifyAccess=main User=smoltbot EnvironmentFile=/etc/smoltbot/smoltbot.env \
            'ExecStart=/opt/venvs/smoltbot/bin/twistd --nodaemon --pidfile= smoltbot' Restart=on-failure \
-           RestartPreventExitStatus=1 TimeoutStopSec=45 LimitNOFILE=65536 MemoryDenyWriteExecute=yes; do
-  grep -qxF "$key" systemd/smoltbot.service || bad "systemd/smoltbot.service lacks $key"
+           RestartPreventExitStatus=1 TimeoutStopSec=45 LimitNOFILE=65536 NoNewPrivileges=yes ProtectSystem=strict CapabilityBoundingSet=; do
+  for unit in systemd/smoltbot.service systemd/smoltbot@.service; do
+    grep -qF "$key" "$unit" || bad "$unit lacks $key"
+  done
 done
+# TLS through pyOpenSSL needs writable+executable memory (packaging/mdwe_check.py).
+if grep -q '^MemoryDenyWriteExecute=yes' systemd/*.service; then bad "MemoryDenyWriteExecute=yes breaks TLS (packaging/mdwe_check.py)"; fi
 
 echo "== environment files"
 documented=$(grep -oE '^\| `[A-Z][A-Z0-9_]+`( / `[A-Z][A-Z0-9_]+`)?' docs/CONFIGURATION.md | grep -oE '[A-Z][A-Z0-9_]+' | sort -u)

@@ -197,6 +197,21 @@ else
 fi
 sed 's/^/  | /' "$root/tmp/unconfigured.log"
 
+echo "== MemoryDenyWriteExecute (packaging/mdwe_check.py with the package's virtualenv)"
+cp packaging/mdwe_check.py "$root/tmp/mdwe_check.py"
+set +e
+out=$(chroot --userspec=smoltbot:smoltbot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/var/lib/smoltbot \
+  timeout 60 /opt/venvs/smoltbot/bin/python -B /tmp/mdwe_check.py 2>&1); status=$?
+set -e
+sed 's/^/  | /' <<<"$out"
+mdwe_unit=$(grep -h '^MemoryDenyWriteExecute=' "$root/lib/systemd/system/smoltbot.service" || echo "not set")
+case $status in
+  0) pass "MemoryDenyWriteExecute: the stack works under MDWE (unit: $mdwe_unit; it could be turned on)" ;;
+  3) if [ "$mdwe_unit" = MemoryDenyWriteExecute=yes ]; then fail "MemoryDenyWriteExecute=yes in the unit breaks TLS"
+     else pass "MemoryDenyWriteExecute stays off in the unit: TLS (pyOpenSSL cffi callbacks) needs W+X memory"; fi ;;
+  *) skip "MemoryDenyWriteExecute: this kernel cannot tell (exit $status)" ;;
+esac
+
 # ---- configured: PostgreSQL, migrate, check-config, the daemon ----------------------------------
 echo "== configured against PostgreSQL on 127.0.0.1:5432 (database $dbname)"
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
