@@ -268,11 +268,28 @@ fi
 
 # ---- remove, purge ------------------------------------------------------------------------------
 echo "== apt remove, apt purge"
+# Let the maintainer scripts believe systemd runs, with a systemctl that records what it is
+# asked and reports two running units, and no policy-rc.d: remove must stop both.
+mkdir -p "$root/run/systemd/system"
+cat >"$root/usr/local/bin/systemctl" <<'STUB'
+#!/bin/sh
+echo "systemctl $*" >>/tmp/systemctl.log
+case "$*" in
+  *list-units*) printf '%s\n' 'smoltbot.service loaded active running smoltbot' 'smoltbot@scheduler.service loaded active running smoltbot scheduler' ;;
+esac
+exit 0
+STUB
+chmod 0755 "$root/usr/local/bin/systemctl"
+mv "$root/usr/sbin/policy-rc.d" "$root/usr/sbin/policy-rc.d.off"
 if in_root env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q smoltbot >"$root/tmp/remove.log" 2>&1; then
   pass "apt remove smoltbot"
 else
   tail -n 20 "$root/tmp/remove.log"; fail "apt remove smoltbot"
 fi
+stopped() {
+  grep -qE ' stop .*smoltbot\.service' "$root/tmp/systemctl.log" && grep -qE ' stop .*smoltbot@scheduler\.service' "$root/tmp/systemctl.log"
+}
+check "apt remove stops the running units ($(grep -E ' stop ' "$root/tmp/systemctl.log" 2>/dev/null | tr '\n' ' ' || echo 'no stop'))" stopped
 check "after remove: /opt/venvs/smoltbot and /usr/bin/smoltbot are gone" test ! -e "$root/opt/venvs/smoltbot" -a ! -L "$root/usr/bin/smoltbot"
 kept() { test -f "$root/etc/smoltbot/smoltbot.env" && in_root getent passwd smoltbot >/dev/null; }
 check "after remove: the edited /etc/smoltbot/smoltbot.env and user smoltbot stay" kept
@@ -284,6 +301,9 @@ if in_root env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q smoltbot >"$ro
 else
   tail -n 20 "$root/tmp/purge.log"; fail "apt purge smoltbot"
 fi
+rm -f "$root/usr/local/bin/systemctl" "$root/tmp/systemctl.log"
+rmdir "$root/run/systemd/system" "$root/run/systemd"
+mv "$root/usr/sbin/policy-rc.d.off" "$root/usr/sbin/policy-rc.d"
 for path in /etc/smoltbot /opt/venvs/smoltbot /opt/venvs /var/lib/smoltbot /usr/share/doc/smoltbot; do
   check "after purge: no $path" test ! -e "$root$path"
 done
