@@ -271,7 +271,7 @@ echo "== apt remove, apt purge"
 # Let the maintainer scripts believe systemd runs, with a systemctl that records what it is
 # asked and reports two running units, and no policy-rc.d: remove must stop both.
 mkdir -p "$root/run/systemd/system"
-cat >"$root/usr/local/bin/systemctl" <<'STUB'
+cat >"$root/usr/bin/systemctl" <<'STUB'
 #!/bin/sh
 echo "systemctl $*" >>/tmp/systemctl.log
 case "$*" in
@@ -279,7 +279,7 @@ case "$*" in
 esac
 exit 0
 STUB
-chmod 0755 "$root/usr/local/bin/systemctl"
+chmod 0755 "$root/usr/bin/systemctl"
 mv "$root/usr/sbin/policy-rc.d" "$root/usr/sbin/policy-rc.d.off"
 if in_root env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q smoltbot >"$root/tmp/remove.log" 2>&1; then
   pass "apt remove smoltbot"
@@ -301,7 +301,7 @@ if in_root env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q smoltbot >"$ro
 else
   tail -n 20 "$root/tmp/purge.log"; fail "apt purge smoltbot"
 fi
-rm -f "$root/usr/local/bin/systemctl" "$root/tmp/systemctl.log"
+rm -f "$root/usr/bin/systemctl" "$root/tmp/systemctl.log"
 rmdir "$root/run/systemd/system" "$root/run/systemd"
 mv "$root/usr/sbin/policy-rc.d.off" "$root/usr/sbin/policy-rc.d"
 for path in /etc/smoltbot /opt/venvs/smoltbot /opt/venvs /var/lib/smoltbot /usr/share/doc/smoltbot; do
