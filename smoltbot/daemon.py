@@ -30,6 +30,7 @@ from smoltbot.heartbeat import HeartbeatService
 from smoltbot.kv import make_kv
 from smoltbot.license import LicenseMonitor
 from smoltbot.metrics import Metrics
+from smoltbot.proxy import ProviderProxy
 from smoltbot.web import GatewaySite, OpsApi, build_root
 
 
@@ -150,11 +151,16 @@ class GatewayService(MultiService):
             clock=reactor,
             routes_providers=config.runs_gateway,
         )
-        self.site = GatewaySite(build_root(self.ops, self._provider_resources()), reactor)
+        self.proxy: ProviderProxy | None = None
+        if config.runs_gateway:
+            self.proxy = ProviderProxy.from_config(config, reactor, self.metrics)
+        self.site = GatewaySite(
+            build_root(self.ops, self._provider_resources()), reactor, max_request_body_bytes=config.max_request_body_bytes
+        )
 
     def _provider_resources(self) -> dict:
-        """The provider resources this role serves (none yet for the scheduler)."""
-        return {}
+        """The provider resources this role serves (none for the scheduler)."""
+        return self.proxy.resources() if self.proxy is not None else {}
 
     def _license_check(self) -> dict[str, Any]:
         judgement = self.license.current
@@ -252,6 +258,8 @@ class GatewayService(MultiService):
                     count=self.site.in_flight,
                 )
                 self.site.abort_in_flight()
+        if self.proxy is not None:
+            yield self.proxy.close()
         yield MultiService.stopService(self)
         self.log.info("smoltbot stopped")
 
