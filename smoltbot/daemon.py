@@ -271,9 +271,9 @@ class GatewayService(MultiService):
 
 class _DatabaseProbe:
     """
-    Readiness ping for PostgreSQL. While the pool's first connection attempt is under way it waits
-    for that attempt (within the probe's timeout) instead of reporting "not connected yet"; after
-    that it answers at once, with the pool's last connection error when it has no connection.
+    Readiness ping for PostgreSQL. Without a connection it waits for the pool's next connection
+    attempt (within the probe's timeout), so it reports a recovery or the real reason of a failure
+    rather than "not connected yet".
     """
 
     def __init__(self, database: Database) -> None:
@@ -281,8 +281,8 @@ class _DatabaseProbe:
 
     def ping(self) -> Deferred[float]:
         database = self._database
-        if not database.connected and database.last_error is None:
-            return database.when_connected().addCallback(lambda _: database.ping())
+        if not database.connected:
+            return database.when_attempted().addCallback(lambda _: database.ping())
         return database.ping()
 
 
