@@ -12,7 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.faultproxy import FaultProxy
-from tests.process import base_env, free_port, get_json, run_command, start_daemon
+from tests.process import base_env, free_port, get_json, start_daemon
 from tests.support import new_database
 
 
