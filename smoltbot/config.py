@@ -291,7 +291,8 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, object] | No
         aip_enabled=aip_enabled,
         upstreams=upstreams,
         license_jwt=env.get("MNEMOM_LICENSE_JWT"),
-        license_public_key=env.get("MNEMOM_LICENSE_PUBLIC_KEY"),
+        # A PEM key set on one line (Docker .env, Kubernetes secrets) arrives with literal "\n"s.
+        license_public_key=env.get("MNEMOM_LICENSE_PUBLIC_KEY", "").replace("\\n", "\n") or None,
         license_secret=env.get("MNEMOM_LICENSE_SECRET"),
         heartbeat_url=heartbeat_url,
         deployment_id=env.get("DEPLOYMENT_ID") or f"selfhosted-{env.get('HOSTNAME') or socket.gethostname() or 'local'}",

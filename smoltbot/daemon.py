@@ -77,8 +77,17 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, *, metrics: Metrics | None = None, log_observer: ILogObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        metrics: Metrics | None = None,
+        log_observer: ILogObserver | None = None,
+        handle_signals: bool = False,
+    ) -> None:
         super().__init__()
+        self._handle_signals = handle_signals
         self.config = config
         self._reactor = reactor
         self.log_observer = log_observer
@@ -120,7 +129,7 @@ class GatewayService(MultiService):
             metrics=self.metrics,
             kv=self.kv,
             kv_mode=config.kv_mode,
-            database=self.database,
+            database=_DatabaseProbe(self.database),
             license_check=self._license_check,
             interval=config.probe_interval,
             timeout=config.probe_timeout,
@@ -180,6 +189,14 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
+        super().startService()
+        self._reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        """The reactor runs: take over the signals, then announce the daemon as started."""
+        if self._handle_signals:
+            self.install_signal_handlers()
+        self.health.started = True
         self.log.info(
             "smoltbot {version} starting: role={role} python={python_version} kv={kv_mode} listening on {host}:{port}",
             version=self.config.gateway_version,
@@ -190,12 +207,8 @@ class GatewayService(MultiService):
             port=self.listening_port,
             pid=os.getpid(),
         )
-        if self.config.redis_url is None:
-            self.log.warn("REDIS_URL is not set: using the in-memory KV store (per process, lost at restart)")
         if self.heartbeat is None:
             self.log.info("heartbeat disabled (HEARTBEAT_URL is empty)")
-        super().startService()
-        self.health.started = True
         sd_notify(b"READY=1")
 
     @property
@@ -235,7 +248,7 @@ class GatewayService(MultiService):
         config = self.config
         sd_notify(b"STOPPING=1")
         self.health.draining = True
-        self.site.draining = True
+        self.site.begin_draining()
         if config.shutdown_delay > 0:
             self.log.info("readiness reports draining; closing the listener in {delay}s", delay=config.shutdown_delay)
             yield deferLater(self._reactor, config.shutdown_delay)
@@ -264,6 +277,23 @@ class GatewayService(MultiService):
         self.log.info("smoltbot stopped")
 
 
+class _DatabaseProbe:
+    """
+    Readiness ping for PostgreSQL. Without a connection it waits for the pool's next connection
+    attempt (within the probe's timeout), so it reports a recovery or the real reason of a failure
+    rather than "not connected yet".
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def ping(self) -> Deferred[float]:
+        database = self._database
+        if not database.connected:
+            return database.when_attempted().addCallback(lambda _: database.ping())
+        return database.ping()
+
+
 def _outbound_client(reactor: Any) -> Any:
     """An HTTP client for the daemon's own calls (heartbeat): no cookies kept, no connection reuse."""
     import treq
@@ -280,6 +310,4 @@ def build_daemon(config: Config, reactor: Any, stdout: IO[str] | None = None) ->
 
     observer = make_observer(stdout or sys.stdout, config.service_name, config.log_level)
     bridge_stdlib_logging(config.log_level)
-    service = GatewayService(config, reactor, log_observer=observer)
-    reactor.callWhenRunning(service.install_signal_handlers)
-    return service
+    return GatewayService(config, reactor, log_observer=observer, handle_signals=True)

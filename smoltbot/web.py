@@ -21,7 +21,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import IResource, Resource
-from werkzeug.exceptions import MethodNotAllowed
 
 from smoltbot.health import HealthState
 from smoltbot.logs import format_timestamp
@@ -148,8 +147,8 @@ class GatewayRequest(server.Request):
         rid = self.request_id.encode("ascii")
         headers.setRawHeaders(b"x-smoltbot-request-id", [rid])
         headers.setRawHeaders(b"x-request-id", [rid])
-        site = self.site if isinstance(self.site, GatewaySite) else None
-        if site is not None:
+        site = self.channel.site
+        if isinstance(site, GatewaySite):
             site.track(self)
             if site.draining:
                 # Finish this request, then let the client reconnect elsewhere.
@@ -197,6 +196,17 @@ class GatewaySite(server.Site):
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def log(self, request: server.Request) -> None:
+        """Replace twisted.web's combined-format access line: the proxy logs its own structured one."""
+
+    def begin_draining(self) -> None:
+        """From now on every response closes its connection, including those of requests in flight."""
+        self.draining = True
+        for request in self._in_flight:
+            if not request.startedWriting and request.channel is not None:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+                request.channel.persistent = False
 
     def when_idle(self) -> Deferred[None]:
         """A Deferred that fires once no request is in flight (at once if none is)."""
@@ -322,12 +332,6 @@ class OpsApi:
         if self._routes_providers:
             handled = "/health, /anthropic/*, /openai/*, and /gemini/*"
         return error_body(request, 404, "not_found", "Not found", f"This gateway handles {handled} endpoints")
-
-    @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: server.Request, failure: Any) -> bytes:
-        return error_body(
-            request, 405, "method_not_allowed", "Method not allowed", f"{request.path.decode('latin-1')} accepts GET and HEAD"
-        )
 
     @app.handle_errors(Exception)
     def internal_error(self, request: server.Request, failure: Any) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
@@ -26,6 +27,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
 from smoltbot.fakeprovider import (
     FakeProvider,
@@ -97,7 +99,8 @@ def _frames(body: bytes, pattern: bytes, separator: bytes) -> list[tuple[bytes, 
 
 
 def _anthropic_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
-    return [(name.decode(), json.loads(data)) for name, data in _frames(body, rb"event: (\w+)\ndata: (\{[^\n]*\})", b"\n\n")]
+    frames = _frames(body, rb"event: (\w+)\ndata: (\{[^\n]*\})", b"\n\n")
+    return [(name.decode(), json.loads(data)) for name, data in frames]
 
 
 def _openai_events(body: bytes) -> list[Any]:
@@ -189,8 +192,6 @@ class KnobsTests(SynchronousTestCase):
         """
         Each C{x-fake-*} header overrides its knob; knobs without a header keep their default.
         """
-        from twisted.web.http_headers import Headers
-
         headers = Headers(
             {
                 b"x-fake-events": [b"3"],
@@ -205,7 +206,14 @@ class KnobsTests(SynchronousTestCase):
         self.assertEqual(
             Knobs(ttfb_ms=9).with_headers(headers),
             Knobs(
-                events=3, event_size=100, delay_ms=5, status=429, drop_after=0, error_after=7, marker="NEEDLE-1", ttfb_ms=9
+                events=3,
+                event_size=100,
+                delay_ms=5,
+                status=429,
+                drop_after=0,
+                error_after=7,
+                marker="NEEDLE-1",
+                ttfb_ms=9,
             ),
         )
 
@@ -213,8 +221,6 @@ class KnobsTests(SynchronousTestCase):
         """
         A numeric knob header that is not a non-negative integer raises L{ValueError} naming it.
         """
-        from twisted.web.http_headers import Headers
-
         with self.assertRaisesRegex(ValueError, "x-fake-events"):
             Knobs().with_headers(Headers({b"x-fake-events": [b"-1"]}))
 
@@ -355,7 +361,8 @@ class AnthropicWireTests(SynchronousTestCase):
         self.assertIn("MK", "".join(d["thinking"] for d in by_type["thinking_delta"]))
         self.assertEqual(len(by_type["signature_delta"]), 1)
         self.assertEqual("".join(d["text"] for d in by_type["text_delta"]), "Fake reply 1 MK. lorem ipsum d")
-        self.assertEqual(json.loads("".join(d["partial_json"] for d in by_type["input_json_delta"])), {"query": "fake call 1"})
+        arguments = "".join(d["partial_json"] for d in by_type["input_json_delta"])
+        self.assertEqual(json.loads(arguments), {"query": "fake call 1"})
         tool_start = events[12][1]["content_block"]
         self.assertEqual((tool_start["type"], tool_start["name"], tool_start["input"]), ("tool_use", "get_weather", {}))
         self.assertEqual(events[-2][1]["delta"], {"stop_reason": "tool_use", "stop_sequence": None})
@@ -381,8 +388,13 @@ class AnthropicWireTests(SynchronousTestCase):
         """
         C{x-fake-status} answers that status with Anthropic's error body and error type.
         """
-        for status, kind in [(400, "invalid_request_error"), (401, "authentication_error"), (429, "rate_limit_error"),
-                             (500, "api_error"), (529, "overloaded_error")]:
+        for status, kind in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (529, "overloaded_error"),
+        ]:
             response = _exchange(self.server, "POST", "/v1/messages", self.request, {"x-fake-status": str(status)})
             self.assertEqual(response.status, status)
             body = response.json()
@@ -469,9 +481,14 @@ class OpenAIWireTests(SynchronousTestCase):
         """
         C{x-fake-status} answers that status with OpenAI's error body.
         """
-        for status, kind, code in [(400, "invalid_request_error", None), (401, "invalid_request_error", "invalid_api_key"),
-                                   (429, "requests", "rate_limit_exceeded"), (503, "server_error", None)]:
-            response = _exchange(self.server, "POST", "/v1/chat/completions", self.request, {"x-fake-status": str(status)})
+        for status, kind, code in [
+            (400, "invalid_request_error", None),
+            (401, "invalid_request_error", "invalid_api_key"),
+            (429, "requests", "rate_limit_exceeded"),
+            (503, "server_error", None),
+        ]:
+            headers = {"x-fake-status": str(status)}
+            response = _exchange(self.server, "POST", "/v1/chat/completions", self.request, headers)
             self.assertEqual(response.status, status)
             error = response.json()["error"]
             self.assertEqual((error["type"], error["param"], error["code"]), (kind, None, code))
@@ -486,8 +503,11 @@ class GeminiWireTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.server = FakeProvider(Clock(), Knobs(events=3, event_size=10, marker="MK"))
-        self.request = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "tools": GEMINI_TOOLS,
-                        "generationConfig": GEMINI_THOUGHTS}
+        self.request = {
+            "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "tools": GEMINI_TOOLS,
+            "generationConfig": GEMINI_THOUGHTS,
+        }
 
     def test_generate(self) -> None:
         """
@@ -508,9 +528,11 @@ class GeminiWireTests(SynchronousTestCase):
         usage = body["usageMetadata"]
         self.assertEqual(usage["promptTokenCount"], count_tokens(len(self.server.requests[-1].body)))
         self.assertEqual(usage["thoughtsTokenCount"], count_tokens(len(thought["text"])))
-        self.assertEqual(usage["candidatesTokenCount"], count_tokens(30) + count_tokens(len(json.dumps(call["functionCall"]["args"]))))
+        arguments = json.dumps(call["functionCall"]["args"])
+        self.assertEqual(usage["candidatesTokenCount"], count_tokens(30) + count_tokens(len(arguments)))
         self.assertEqual(
-            usage["totalTokenCount"], usage["promptTokenCount"] + usage["candidatesTokenCount"] + usage["thoughtsTokenCount"]
+            usage["totalTokenCount"],
+            usage["promptTokenCount"] + usage["candidatesTokenCount"] + usage["thoughtsTokenCount"],
         )
         self.assertEqual(body["modelVersion"], "gemini-2.5-flash")
 
@@ -538,7 +560,10 @@ class GeminiWireTests(SynchronousTestCase):
         """
         Thinking and tools are found under snake_case names too, as the SDK sometimes sends them.
         """
-        body = {"generation_config": {"thinkingConfig": {"include_thoughts": True}}, "tools": [{"function_declarations": [{"name": "f"}]}]}
+        body = {
+            "generation_config": {"thinkingConfig": {"include_thoughts": True}},
+            "tools": [{"function_declarations": [{"name": "f"}]}],
+        }
         self.assertEqual(gemini.features(body), (True, "f"))
         self.assertEqual(gemini.features({}), (False, None))
 
@@ -546,9 +571,8 @@ class GeminiWireTests(SynchronousTestCase):
         """
         C{x-fake-error-after} ends the stream with Google's C{data: {"error": ...}} event.
         """
-        response = _exchange(
-            self.server, "POST", "/v1beta/models/g:streamGenerateContent?alt=sse", self.request, {"x-fake-error-after": "1"}
-        )
+        path = "/v1beta/models/g:streamGenerateContent?alt=sse"
+        response = _exchange(self.server, "POST", path, self.request, {"x-fake-error-after": "1"})
         events = _gemini_events(response.body)
         self.assertEqual(events[-1]["error"]["status"], "UNAVAILABLE")
         self.assertEqual(len(events), 2)
@@ -557,11 +581,18 @@ class GeminiWireTests(SynchronousTestCase):
         """
         C{x-fake-status} answers that status with Google's error body.
         """
-        for status, name in [(400, "INVALID_ARGUMENT"), (403, "PERMISSION_DENIED"), (429, "RESOURCE_EXHAUSTED"),
-                             (500, "INTERNAL"), (503, "UNAVAILABLE")]:
-            response = _exchange(self.server, "POST", "/v1beta/models/g:generateContent", self.request, {"x-fake-status": str(status)})
+        for status, name in [
+            (400, "INVALID_ARGUMENT"),
+            (403, "PERMISSION_DENIED"),
+            (429, "RESOURCE_EXHAUSTED"),
+            (500, "INTERNAL"),
+            (503, "UNAVAILABLE"),
+        ]:
+            headers = {"x-fake-status": str(status)}
+            response = _exchange(self.server, "POST", "/v1beta/models/g:generateContent", self.request, headers)
             self.assertEqual(response.status, status)
-            self.assertEqual(response.json()["error"], {"code": status, "message": f"Fake error with status {status}", "status": name})
+            message = f"Fake error with status {status}"
+            self.assertEqual(response.json()["error"], {"code": status, "message": message, "status": name})
 
 
 class RoutingTests(SynchronousTestCase):
@@ -595,13 +626,15 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual((anthropic_list["has_more"], anthropic_list["data"][0]["type"]), (False, "model"))
         self.assertEqual(_exchange(self.server, "GET", "/openai/v1/models").json()["object"], "list")
         self.assertIn("models", _exchange(self.server, "GET", "/v1/models", headers={"x-goog-api-key": "k"}).json())
-        self.assertTrue(_exchange(self.server, "GET", "/v1beta/models").json()["models"][0]["name"].startswith("models/"))
+        gemini_list = _exchange(self.server, "GET", "/v1beta/models").json()
+        self.assertTrue(gemini_list["models"][0]["name"].startswith("models/"))
 
     def test_unknown_path(self) -> None:
         """
         An unknown path, or a known one with the wrong method, is a 404 in the likely provider's shape.
         """
-        self.assertEqual(_exchange(self.server, "GET", "/v1/messages", headers={"x-api-key": "k"}).json()["error"]["type"], "not_found_error")
+        anthropic_error = _exchange(self.server, "GET", "/v1/messages", headers={"x-api-key": "k"}).json()
+        self.assertEqual(anthropic_error["error"]["type"], "not_found_error")
         self.assertEqual(_exchange(self.server, "GET", "/v1beta/nothing").json()["error"]["status"], "NOT_FOUND")
         response = _exchange(self.server, "POST", "/v1/nothing")
         self.assertEqual((response.status, response.json()["error"]["type"]), (404, "invalid_request_error"))
@@ -610,10 +643,15 @@ class RoutingTests(SynchronousTestCase):
         """
         A body that is not a JSON object is a 400 in the provider's shape.
         """
-        for path, body in [("/v1/messages", b"{bad"), ("/v1/chat/completions", b"[1]"), ("/v1beta/models/g:generateContent", b"")]:
+        for path, body in [
+            ("/v1/messages", b"{bad"),
+            ("/v1/chat/completions", b"[1]"),
+            ("/v1beta/models/g:generateContent", b""),
+        ]:
             response = _exchange(self.server, "POST", path, body)
             self.assertEqual(response.status, 400, path)
-        self.assertEqual(_exchange(self.server, "POST", "/v1/messages", b"{bad").json()["error"]["type"], "invalid_request_error")
+        error = _exchange(self.server, "POST", "/v1/messages", b"{bad").json()["error"]
+        self.assertEqual(error["type"], "invalid_request_error")
 
     def test_bad_knob(self) -> None:
         """
@@ -629,7 +667,8 @@ class RoutingTests(SynchronousTestCase):
         """
         connection = _Connection(self.server)
         body = b'{"model": "g", "messages": []}'
-        connection.send("POST", "/openai/v1/chat/completions?key=abc&x=1", body, {"Authorization": "Bearer sk-1"}, chunked=True)
+        headers = {"Authorization": "Bearer sk-1"}
+        connection.send("POST", "/openai/v1/chat/completions?key=abc&x=1", body, headers, chunked=True)
         self.assertEqual(connection.response().status, 200)
         received = self.server.requests[-1]
         self.assertEqual(
@@ -837,7 +876,9 @@ class EntryPointTests(SynchronousTestCase):
         The command line sets the port, host and default knobs, and refuses negative numbers.
         """
         options = FakeProviderOptions()
-        options.parseOptions(["--port", "9000", "--host", "0.0.0.0", "--delay-ms", "5", "--events", "10", "--event-size", "100"])
+        options.parseOptions(
+            ["--port", "9000", "--host", "0.0.0.0", "--delay-ms", "5", "--events", "10", "--event-size", "100"]
+        )
         self.assertEqual((options["port"], options["host"]), (9000, "0.0.0.0"))
         self.assertEqual(options.knobs(), Knobs(events=10, event_size=100, delay_ms=5))
         self.assertEqual(FakeProviderOptions().knobs(), Knobs())
@@ -848,7 +889,7 @@ class EntryPointTests(SynchronousTestCase):
         L{main} exits with status 2 and the usage on stderr when the arguments are wrong.
         """
         stderr = io.StringIO()
-        self.patch(__import__("sys"), "stderr", stderr)
+        self.patch(sys, "stderr", stderr)
         with self.assertRaises(SystemExit) as raised:
             main(["--port", "eighty"])
         self.assertEqual(raised.exception.code, 2)
@@ -893,7 +934,9 @@ class SDKTests(TestCase):
 
         return types.GenerateContentConfig(
             thinking_config=types.ThinkingConfig(include_thoughts=True),
-            tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name="get_weather", description="Weather")])],
+            tools=[
+                types.Tool(function_declarations=[types.FunctionDeclaration(name="get_weather", description="Weather")])
+            ],
         )
 
     _anthropic_args: dict[str, Any] = {
@@ -960,7 +1003,8 @@ class SDKTests(TestCase):
                 except anthropic.APIStatusError as error:
                     status_error = error
                 try:
-                    with client.messages.stream(**self._anthropic_args, extra_headers={"x-fake-error-after": "5"}) as stream:
+                    headers = {"x-fake-error-after": "5"}
+                    with client.messages.stream(**self._anthropic_args, extra_headers=headers) as stream:
                         stream.get_final_message()
                 except anthropic.APIStatusError as error:
                     return status_error, error
@@ -978,7 +1022,7 @@ class SDKTests(TestCase):
         gone = self.server.next_disconnect()
 
         def call() -> None:
-            with self._anthropic(**{"x-fake-events": "2000", "x-fake-event-size": "8192"}) as client:
+            with self._anthropic(**{"x-fake-events": "5000", "x-fake-event-size": "8192"}) as client:
                 with client.messages.stream(**self._anthropic_args) as stream:
                     next(iter(stream))
 
@@ -996,7 +1040,10 @@ class SDKTests(TestCase):
         def call() -> Any:
             with self._openai(**{"x-fake-marker": "NEEDLE-C"}) as client:
                 return client.chat.completions.with_raw_response.create(
-                    model="gpt-test", messages=[{"role": "user", "content": "hi"}], tools=OPENAI_TOOLS, reasoning_effort="low"
+                    model="gpt-test",
+                    messages=[{"role": "user", "content": "hi"}],
+                    tools=OPENAI_TOOLS,
+                    reasoning_effort="low",
                 )
 
         raw = await self._in_thread(call)
@@ -1005,10 +1052,12 @@ class SDKTests(TestCase):
         choice = completion.choices[0]
         self.assertIn("NEEDLE-C", choice.message.content)
         (tool_call,) = choice.message.tool_calls
-        self.assertEqual((tool_call.function.name, json.loads(tool_call.function.arguments)), ("get_weather", {"query": "fake call 1"}))
+        self.assertEqual(tool_call.function.name, "get_weather")
+        self.assertEqual(json.loads(tool_call.function.arguments), {"query": "fake call 1"})
         self.assertEqual(choice.finish_reason, "tool_calls")
         self.assertGreater(completion.usage.completion_tokens_details.reasoning_tokens, 0)
-        self.assertEqual(completion.usage.total_tokens, completion.usage.prompt_tokens + completion.usage.completion_tokens)
+        usage = completion.usage
+        self.assertEqual(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens)
 
     async def test_openai_stream(self) -> None:
         """
@@ -1017,8 +1066,12 @@ class SDKTests(TestCase):
         """
 
         def call() -> Any:
-            args = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "tools": OPENAI_TOOLS,
-                    "stream_options": {"include_usage": True}}
+            args = {
+                "model": "gpt-test",
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": OPENAI_TOOLS,
+                "stream_options": {"include_usage": True},
+            }
             with self._openai(**{"x-fake-marker": "NEEDLE-D"}) as client:
                 with client.chat.completions.stream(**args) as stream:
                     final = stream.get_final_completion()
@@ -1046,7 +1099,8 @@ class SDKTests(TestCase):
                 except openai.RateLimitError as error:
                     limited = error
                 try:
-                    list(client.chat.completions.create(model="g", messages=[], stream=True, extra_headers={"x-fake-drop-after": "2"}))
+                    headers = {"x-fake-drop-after": "2"}
+                    list(client.chat.completions.create(model="g", messages=[], stream=True, extra_headers=headers))
                 except openai.APIConnectionError as error:
                     return limited, error
             raise AssertionError("no error raised")
@@ -1062,7 +1116,8 @@ class SDKTests(TestCase):
 
         def call() -> Any:
             with self._gemini(**{"x-fake-marker": "NEEDLE-E"}) as client:
-                return client.models.generate_content(model="gemini-2.5-flash", contents="hi", config=self._gemini_config())
+                config = self._gemini_config()
+                return client.models.generate_content(model="gemini-2.5-flash", contents="hi", config=config)
 
         response = await self._in_thread(call)
         thought, text, _ = response.candidates[0].content.parts
@@ -1074,7 +1129,10 @@ class SDKTests(TestCase):
         self.assertEqual(response.candidates[0].finish_reason, "STOP")
         usage = response.usage_metadata
         self.assertEqual(usage.thoughts_token_count, count_tokens(len(thought.text)))
-        self.assertEqual(usage.total_token_count, usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count)
+        self.assertEqual(
+            usage.total_token_count,
+            usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count,
+        )
         self.assertEqual(response.model_version, "gemini-2.5-flash")
 
     async def test_gemini_stream(self) -> None:
@@ -1084,7 +1142,8 @@ class SDKTests(TestCase):
 
         def call() -> Any:
             with self._gemini(**{"x-fake-marker": "NEEDLE-F"}) as client:
-                return list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi", config=self._gemini_config()))
+                config = self._gemini_config()
+                return list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi", config=config))
 
         chunks = await self._in_thread(call)
         parts = [part for chunk in chunks for part in chunk.candidates[0].content.parts]
@@ -1103,11 +1162,13 @@ class SDKTests(TestCase):
         def call() -> tuple[Exception, Exception]:
             with self._gemini() as client:
                 try:
-                    client.models.generate_content(model="g", contents="hi", config={"http_options": {"headers": {"x-fake-status": "400"}}})
+                    config = {"http_options": {"headers": {"x-fake-status": "400"}}}
+                    client.models.generate_content(model="g", contents="hi", config=config)
                 except errors.ClientError as error:
                     refused = error
                 try:
-                    list(client.models.generate_content_stream(model="g", contents="hi", config={"http_options": {"headers": {"x-fake-error-after": "2"}}}))
+                    config = {"http_options": {"headers": {"x-fake-error-after": "2"}}}
+                    list(client.models.generate_content_stream(model="g", contents="hi", config=config))
                 except errors.APIError as error:
                     return refused, error
             raise AssertionError("no error raised")

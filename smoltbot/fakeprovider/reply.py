@@ -34,9 +34,12 @@ class Knobs:
     @ivar events: the number of text delta events (or text slices of a JSON answer).
     @ivar event_size: characters of text per event (bytes, for an ASCII marker).
     @ivar delay_ms: delay between two streamed events, on the server's clock.
-    @ivar status: an HTTP status of 400 or more answers with that provider's error body.
-    @ivar drop_after: abort the connection once this many events were written; a JSON
-        body is one event, so C{0} cuts it off right after the headers.
+    @ivar status: an HTTP status of 400 or more answers with that provider's error body
+        (the knob is ignored below 400).
+    @ivar drop_after: abort the connection once this many events were written. Events are
+        the SSE events of every kind (C{message_start}, C{ping}, role chunk...), as counted by
+        L{EventStream.events_written}; a JSON body is one event, so C{0} cuts it off right
+        after the headers.
     @ivar error_after: once this many events were written, send the provider's mid-stream
         error event and end the response cleanly (streams only).
     @ivar marker: a string embedded in the text and the thinking.

@@ -98,6 +98,13 @@ def _route(method: bytes, path: str, headers: Headers) -> Optional[_Route]:
     return None
 
 
+def _knobs(defaults: Knobs, headers: Headers) -> Knobs:
+    try:
+        return defaults.with_headers(headers)
+    except ValueError as error:
+        raise _Refusal(400, str(error)) from error
+
+
 def _json_object(body: bytes) -> JSONObject:
     try:
         value = json.loads(body)
@@ -150,6 +157,12 @@ class _ConnectionTracker(WrappingFactory):
         super().__init__(site)
         self.made = 0
         self._idle_waiters: list[Deferred[None]] = []
+
+    def logPrefix(self) -> str:
+        """
+        How the listening port names this factory in its log lines.
+        """
+        return "FakeProvider"
 
     def registerProtocol(self, protocol: ProtocolWrapper) -> None:
         self.made += 1
@@ -389,10 +402,7 @@ class FakeProvider(Resource):
         provider = route.provider if route else _guess(path, request.requestHeaders)
         knobs = self.defaults
         try:
-            try:
-                knobs = self.defaults.with_headers(request.requestHeaders)
-            except ValueError as error:
-                raise _Refusal(400, str(error)) from error
+            knobs = _knobs(self.defaults, request.requestHeaders)
             answer = self._answer(route, knobs, received)
         except _Refusal as refusal:
             answer = _Answer.whole(refusal.status, provider.JSON_TYPE, provider.error(refusal.status, refusal.message))
@@ -433,7 +443,8 @@ class FakeProvider(Resource):
         )
         streaming = route.streaming if route.streaming is not None else body.get("stream") is True
         if streaming:
-            return _Answer(200, provider.STREAM_TYPE, provider.stream(reply, body), stream_error=provider.stream_error())
+            events = provider.stream(reply, body)
+            return _Answer(200, provider.STREAM_TYPE, events, stream_error=provider.stream_error())
         return _Answer.whole(200, provider.JSON_TYPE, provider.message(reply, body))
 
     def _client_gone(self, stream: EventStream) -> None:
