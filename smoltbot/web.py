@@ -177,9 +177,6 @@ class GatewaySite(server.Site):
         self._idle_waiters: list[Deferred[None]] = []
         self.draining = False
 
-    def log(self, request: server.Request) -> None:
-        """No combined-format line: the proxy writes its own access log, which never shows a query string."""
-
     @property
     def in_flight(self) -> int:
         """Requests received and not yet finished or abandoned."""
