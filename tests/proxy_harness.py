@@ -59,12 +59,15 @@ class UpstreamConnection:
 
 @implementer(IAgentEndpointFactory)
 class FakeUpstreams:
-    """Endpoints that connect in memory; `mode` is `connect`, `refuse` or `hang`."""
+    """
+    Endpoints that connect in memory. `mode` is `connect`, `refuse`, `hang`, or an exception
+    every connection attempt fails with.
+    """
 
     def __init__(self) -> None:
         self.connections: list[UpstreamConnection] = []
         self.pending: list[Deferred[Any]] = []
-        self.mode = "connect"
+        self.mode: str | Exception = "connect"
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         return _Endpoint(self, uri)
@@ -77,6 +80,8 @@ class _Endpoint:
     uri: URI
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        if isinstance(self.owner.mode, Exception):
+            return fail(self.owner.mode)
         if self.owner.mode == "refuse":
             return fail(ConnectionRefusedError("refused"))
         if self.owner.mode == "hang":
@@ -136,6 +141,7 @@ class Response:
     complete: bool
 
     def header(self, name: str) -> str | None:
+        """The last value of a header (by lower-case name), or None."""
         values = self.headers.get(name.lower())
         return values[-1] if values else None
 

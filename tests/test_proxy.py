@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.error import ConnectionLost
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionLost, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -295,6 +296,23 @@ class FailureTests(SynchronousTestCase):
         response = gateway.request("POST", "/anthropic/v1/messages", ANTHROPIC, BODY).response()
         self.assertEqual((response.status, json.loads(response.body)["type"]), (502, "upstream_unreachable"))
         self.assertNotIn("api.anthropic.test", response.body.decode())
+
+    def test_connect_failures(self) -> None:
+        """DNS failures are 502 upstream_unreachable; a connect timeout is 504 upstream_timeout."""
+        cases = [(DNSLookupError("no such host"), 502, "upstream_unreachable"), (TimeoutError("connect"), 504, "upstream_timeout")]
+        for error, status, error_type in cases:
+            gateway = make_gateway(self)
+            gateway.upstreams.mode = error
+            response = gateway.request("POST", "/anthropic/v1/messages", ANTHROPIC, BODY).response()
+            self.assertEqual((response.status, json.loads(response.body)["type"]), (status, error_type))
+
+    def test_tls_failure_is_502(self) -> None:
+        """A TLS handshake failure (the connection dies with an SSL error before a response) is 502."""
+        gateway = make_gateway(self)
+        client = gateway.request("POST", "/anthropic/v1/messages", ANTHROPIC, BODY)
+        gateway.upstream().close(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
+        response = client.response()
+        self.assertEqual((response.status, json.loads(response.body)["type"]), (502, "upstream_unreachable"))
 
     def test_connection_lost_before_response_is_502(self) -> None:
         """An upstream that closes before answering gives 502."""

@@ -77,7 +77,9 @@ class ProxyHarness(TestCase):
         self.clock.advance(1_700_000_000)
         self.proxy = ProviderProxy(
             upstreams={provider: self.upstream_for(provider) for provider in ("anthropic", "openai", "gemini")},
-            client=UpstreamClient(reactor, max_connections_per_host=16, keepalive_timeout=30, connect_timeout=5),
+            client=UpstreamClient(
+                reactor, max_connections_per_host=16, keepalive_timeout=30, connect_timeout=5, tls_policy=self.tls_policy()
+            ),
             clock=self.clock,
             metrics=Metrics("test", CollectorRegistry()),
             max_concurrent_requests=100,
@@ -96,6 +98,10 @@ class ProxyHarness(TestCase):
     def upstream_for(self, provider: str) -> str:
         """The upstream base URL the gateway uses for `provider`: the twin fake provider."""
         return self.behind.base
+
+    def tls_policy(self) -> Any:
+        """The gateway's TLS policy: None for the default, browser-like verification."""
+        return None
 
     def _fake(self) -> Fake:
         clock = Clock()
@@ -366,6 +372,84 @@ class UnreachableTests(ProxyHarness):
             return None
 
         self.assertEqual(await self.in_thread(call), 502)
+
+
+def self_signed() -> tuple[bytes, bytes]:
+    """A throwaway certificate for 127.0.0.1 and its key, PEM-encoded."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+class _TLSHarness(ProxyHarness):
+    """Every provider is one fake provider served over TLS with a self-signed certificate."""
+
+    certificate, key = self_signed()
+    tls_base = ""
+
+    def upstream_for(self, provider: str) -> str:
+        """The TLS fake provider, started on first use."""
+        from twisted.internet import ssl
+
+        if not self.tls_base:
+            self.tls_server = FakeProvider(Clock(), self.knobs)
+            options = ssl.PrivateCertificate.loadPEM(self.certificate + self.key).options()
+            port = reactor.listenSSL(0, self.tls_server.factory(), options, interface="127.0.0.1")
+            self.addCleanup(self.tls_server.when_idle)
+            self.addCleanup(port.stopListening)
+            self.tls_base = f"https://127.0.0.1:{port.getHost().port}"
+        return self.tls_base
+
+
+class UntrustedTLSTests(_TLSHarness):
+    """The provider's certificate is signed by no authority the gateway trusts."""
+
+    async def test_unverified_certificate_is_refused(self) -> None:
+        """By default the provider's certificate is verified: a self-signed one gives 502, and no request is sent."""
+        response, body = await self.fetch(self.gateway + "/anthropic/v1/messages", {"x-api-key": "k"}, json.dumps(ANTHROPIC_ARGS).encode())
+        self.assertEqual((response.code, json.loads(body)["type"]), (502, "upstream_unreachable"))
+        self.assertEqual(len(self.tls_server.requests), 0)
+
+
+class TrustedTLSTests(_TLSHarness):
+    """The same TLS provider, its certificate trusted by the gateway's policy."""
+
+    def tls_policy(self) -> Any:
+        """Browser-like verification against the test certificate as the only root."""
+        from twisted.internet import ssl
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        return BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(self.certificate))
+
+    async def test_trusted_certificate_carries_the_stream(self) -> None:
+        """A trusted certificate carries the request over TLS and the answer back unchanged."""
+        body = json.dumps({**ANTHROPIC_ARGS, "stream": True}).encode()
+        response, data = await self.fetch(self.gateway + "/anthropic/v1/messages", {"x-api-key": "k"}, body)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"event: message_stop", data)
+        self.assertEqual(self.tls_server.requests[-1].body, body)
 
 
 class _Reader(Protocol):
