@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=["smoltbot", "smoltbot.fakeprovider", "smoltbot.sql", "twisted.plugins"],
+    packages=["smoltbot", "smoltbot.fakeprovider", "smoltbot.proxy", "smoltbot.sql", "twisted.plugins"],
     package_dir={"smoltbot.sql": "sql"},
     package_data={"smoltbot.sql": ["*.sql"]},
     install_requires=[

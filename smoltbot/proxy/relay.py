@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
-from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -126,8 +125,6 @@ class Relay(Protocol):
             return self._answer(
                 504, "upstream_timeout", "Upstream timeout", f"no response from the provider within {self._ttfb_timeout:g}s"
             )
-        if failure.check(ConnectTimeout):
-            return self._answer(504, "upstream_timeout", "Upstream timeout", "connecting to the provider timed out")
         if failure.check(*_NETWORK_ERRORS):
             return self._answer(
                 502, "upstream_unreachable", "Upstream unreachable", f"could not reach the provider: {_describe(failure)}"
