@@ -201,8 +201,10 @@ class GatewaySite(server.Site):
         """From now on every response closes its connection, including those of requests in flight."""
         self.draining = True
         for request in self._in_flight:
-            if not request.startedWriting and request.channel is not None:
-                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            if request.channel is not None:
+                # A response already under way (a stream) cannot say so, but still ends with a close.
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
                 request.channel.persistent = False
 
     def when_idle(self) -> Deferred[None]:

@@ -452,6 +452,12 @@ class TrustedTLSTests(_TLSHarness):
         self.assertEqual(self.tls_server.requests[-1].body, body)
 
 
+def request_head(body: bytes, headers: dict[str, str], path: str = "/anthropic/v1/messages") -> bytes:
+    """The head of a POST with `body` on a keep-alive connection."""
+    head = [f"POST {path} HTTP/1.1", "Host: gw", f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
 class _Reader(Protocol):
     """A raw HTTP client that counts the bytes it reads and can stop reading."""
 
@@ -488,8 +494,7 @@ class StreamingTests(ProxyHarness):
         self.addCleanup(reader.close)
         # A small receive window, so a client that stops reading is felt at once.
         reader.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        head = [f"POST {path} HTTP/1.1", "Host: gw", f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in headers.items()]
-        reader.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        reader.transport.write(request_head(body, headers, path) + body)
         return reader
 
     async def turns(self, condition: Callable[[], bool], seconds: float = 30.0) -> None:
@@ -576,3 +581,52 @@ class StreamingTests(ProxyHarness):
         _, peak = tracemalloc.get_traced_memory()
         self.assertGreater(stream.bytes_written, events * size)
         self.assertLess(peak, 8 * 1024 * 1024)
+
+
+class DaemonTests(TestCase):
+    """The proxy inside the daemon: built from the configuration, drained and closed on shutdown."""
+
+    async def test_stream_drains_then_pool_closes(self) -> None:
+        """A stream in flight at shutdown runs to its end; then the upstream pool's connections are closed."""
+        from smoltbot.config import load_config
+        from smoltbot.daemon import GatewayService
+
+        clock = Clock()
+        fake = FakeProvider(clock, Knobs(events=4, event_size=16))
+        fake_port = reactor.listenTCP(0, fake.factory(), interface="127.0.0.1")
+        self.addCleanup(fake_port.stopListening)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        base = f"http://127.0.0.1:{fake_port.getHost().port}"
+        environ = {
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "AIP_ENABLED": "false",
+            "HEARTBEAT_URL": "",
+            "SMOLTBOT_ROLE": "gateway",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "ANTHROPIC_UPSTREAM_URL": base,
+        }
+        service = GatewayService(load_config(environ), reactor)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+
+        reader = _Reader()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), reader)
+        body = json.dumps({**ANTHROPIC_ARGS, "stream": True}).encode()
+        reader.transport.write(request_head(body, {"x-api-key": "k", "x-fake-delay-ms": "10"}) + body)
+        deadline = reactor.seconds() + 30
+        while b"event: message_start" not in reader.head and reactor.seconds() < deadline:
+            await deferLater(reactor, 0)
+
+        stopped = service.stopService()
+        self.assertFalse(stopped.called)
+        while not stopped.called and reactor.seconds() < deadline:
+            clock.advance(0.01)
+            await deferLater(reactor, 0.001)
+        await stopped
+        self.assertEqual(fake.streams[-1].outcome, "complete")
+        await reader.lost  # the drain closes the keep-alive connection once its response is done
+        self.assertIn(b"event: message_stop", reader.head)
+        await fake.when_idle()  # and the pool has closed its connection to the provider
