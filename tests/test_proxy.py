@@ -603,6 +603,18 @@ class ObservabilityTests(SynchronousTestCase):
             ],
         )
 
+    def test_observer_sees_refused_requests(self) -> None:
+        """A request the gateway answers itself still reaches the observer, with its outcome and no identity."""
+        finished: list[Any] = []
+
+        class Observer:
+            def exchange_finished(self, exchange: Any) -> None:
+                finished.append((exchange.status, exchange.outcome, exchange.identity, exchange.path))
+
+        gateway = make_gateway(self, observe=lambda exchange, body: Observer())
+        gateway.request("POST", "/openai/v1/chat/completions?x=1", {}, b"{}")
+        self.assertEqual(finished, [(401, "authentication_error", None, "/openai/v1/chat/completions")])
+
     def test_failing_observer_is_detached(self) -> None:
         """An observer that raises is dropped and logged; the stream itself is unharmed."""
 

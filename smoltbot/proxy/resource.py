@@ -129,9 +129,7 @@ class ProviderProxy:
         identity = exchange.identity = identify(key, exchange.started)
         request.responseHeaders.setRawHeaders(b"x-smoltbot-agent", [identity.agent_id.encode("ascii")])
         request.responseHeaders.setRawHeaders(b"x-smoltbot-session", [identity.session_id.encode("ascii")])
-        content = request.content
-        content.seek(0)
-        body = content.read()
+        body = _body(request)
         exchange.bytes_in = len(body)
         if self.observe is not None:
             observer = self._observer_for(exchange, body)
@@ -163,9 +161,12 @@ class ProviderProxy:
         exchange.outcome = error_type
         exchange.finished_at = self._clock.seconds()
         if self.observe is not None:
-            observer = self._observer_for(exchange, b"")
+            observer = self._observer_for(exchange, _body(request))
             if observer is not None:
-                observer.exchange_finished(exchange)
+                try:
+                    observer.exchange_finished(exchange)
+                except Exception:
+                    self.log.failure("exchange observer failed", request_id=exchange.request_id)
         self._account(exchange)
         return body
 
@@ -210,6 +211,13 @@ class ProviderProxy:
         except Exception:
             self.log.failure("exchange observer factory failed", request_id=exchange.request_id)
             return None
+
+
+def _body(request: Request) -> bytes:
+    """The request body, which `GatewayRequest` keeps in memory."""
+    content = request.content
+    content.seek(0)
+    return content.read()
 
 
 class ProviderResource(Resource):
