@@ -17,8 +17,9 @@ from typing import Any, Iterable
 import brotli
 from twisted.trial.unittest import SynchronousTestCase
 
-from smoltbot.extract import Extract, extractor_for, request_model, request_streaming
+from smoltbot.extract import Extract, extractor_for, request, request_model, request_streaming
 from smoltbot.extract.anthropic import AnthropicCollector
+from smoltbot.extract.result import Collector
 from smoltbot.fakeprovider import Knobs, Reply
 from smoltbot.fakeprovider import anthropic as fake_anthropic
 from smoltbot.fakeprovider import gemini as fake_gemini
@@ -509,15 +510,16 @@ class SSEFramingTests(SynchronousTestCase):
 
     def test_oversize_event(self) -> None:
         """
-        An event over 1 MiB is skipped and noted, whether it arrives in one chunk or many;
-        the events after it are read.
+        An event over 1 MiB is skipped and noted, whether it arrives in one chunk or many
+        (cut anywhere); the events after it are read.
         """
         big = b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {"type": "thinking_delta", '
-        big += b'"thinking": "' + b"x" * (1024 * 1024) + b'"}}\n\n'
+        big += b'"thinking": "' + b"x" * (3 * 512 * 1024) + b'"}}\n\n'
         end = ANTHROPIC_SSE.index(b"\n\n") + 2
         stream = ANTHROPIC_SSE[:end] + big + ANTHROPIC_SSE[end:]
         expected = replace(ANTHROPIC_EXPECTED, extraction_error="event_too_large")
-        for chunks in ([stream], _pieces(stream, 65536), _pieces(stream, 1000)):
+        between = end + len(big) - 1  # between the two line feeds that end the big event
+        for chunks in ([stream], _pieces(stream, 65536), _pieces(stream, 1000), [stream[:between], stream[between:]]):
             with self.subTest(chunk=len(chunks[0])):
                 self.assertEqual(_extract("anthropic", chunks), expected)
 
@@ -526,8 +528,10 @@ class SSEFramingTests(SynchronousTestCase):
         An oversize event still unfinished when the stream ends is dropped.
         """
         stream = ANTHROPIC_SSE + b"data: " + b"y" * (2 * 1024 * 1024)
-        extract = _extract("anthropic", _pieces(stream, 65536), complete=False)
-        self.assertEqual(extract, replace(ANTHROPIC_EXPECTED, extraction_error="event_too_large"))
+        for chunks in ([stream], _pieces(stream, 65536)):
+            with self.subTest(chunk=len(chunks[0])):
+                extract = _extract("anthropic", chunks, complete=False)
+                self.assertEqual(extract, replace(ANTHROPIC_EXPECTED, extraction_error="event_too_large"))
 
 
 def _raw_deflate(data: bytes) -> bytes:
@@ -585,9 +589,11 @@ class DecodingTests(SynchronousTestCase):
         """
         A body that does not decode stops extraction where it breaks.
         """
-        packed = gzip.compress(ANTHROPIC_SSE)
-        extract = _extract("anthropic", [packed[:200], b"garbage" * 20, packed[200:]], encoding="gzip")
-        self.assertEqual(extract.extraction_error, "decode_error: gzip")
+        for encoding, compress in [("gzip", gzip.compress), ("deflate", zlib.compress), ("br", brotli.compress)]:
+            packed = compress(ANTHROPIC_SSE)
+            extract = _extract("anthropic", [packed[:200], b"garbage" * 20, packed[200:]], encoding=encoding)
+            with self.subTest(encoding=encoding):
+                self.assertEqual(extract.extraction_error, "decode_error: " + encoding)
 
     def test_bombs(self) -> None:
         """
@@ -662,6 +668,18 @@ class BodyTests(SynchronousTestCase):
         self.assertEqual(extract, Extract(extraction_error="internal_error: ZeroDivisionError"))
         self.assertIs(extractor.finish(False), extract)
 
+    def test_internal_error_at_finish(self) -> None:
+        """
+        An unexpected exception while ending the response is reported, not raised.
+        """
+
+        def boom(self: Collector, error: str | None) -> Extract:
+            raise KeyError()
+
+        self.patch(Collector, "extract", boom)
+        extract = _extract("anthropic", [ANTHROPIC_SSE])
+        self.assertEqual(extract, Extract(extraction_error="internal_error: KeyError"))
+
 
 class ThinkingTests(SynchronousTestCase):
     """
@@ -709,6 +727,7 @@ class RequestTests(SynchronousTestCase):
             ("anthropic", "/v1/messages", json.dumps({"model": "top", "messages": [nested]}).encode(), "top"),
             ("openai", "/v1/chat/completions", b'{"model": "gpt-4o", "messages": [', "gpt-4o"),
             ("openai", "/v1/chat/completions", b'{"model": "a", "x": {"model": "b"}', None),
+            ("openai", "/v1/chat/completions", b'{"model": "a", "x": {"model": "b"}}', "a"),
             ("openai", "/v1/chat/completions", b"not json", None),
             ("openai", "/v1/chat/completions", b'{"model": 5}', None),
             ("openai", "/v1/chat/completions", b'{"model": "has space"}', None),
@@ -724,6 +743,14 @@ class RequestTests(SynchronousTestCase):
         for provider, path, body, expected in cases:
             with self.subTest(provider=provider, path=path, body=body[:40]):
                 self.assertEqual(request_model(provider, path, body), expected)
+
+    def test_large_ambiguous_body(self) -> None:
+        """
+        A body too large to parse whose key occurs more than once names no model.
+        """
+        self.patch(request, "MAX_PARSED_BODY", 30)
+        self.assertEqual(request_model("openai", "/", b'{"model": "a", "x": {"model": "b"}}'), None)
+        self.assertEqual(request_model("openai", "/", b'{"model": "a", "x": {}}'), "a")
 
     def test_streaming(self) -> None:
         """
