@@ -43,7 +43,8 @@ def _stream(provider: str, reply: Reply) -> bytes:
 
 
 def _message(provider: str, reply: Reply) -> bytes:
-    return WIRE[provider].message(reply, REQUEST)
+    body: bytes = WIRE[provider].message(reply, REQUEST)
+    return body
 
 
 def _thinking(text: str, limit: int = 65536) -> dict[str, Any]:
@@ -141,32 +142,76 @@ ANTHROPIC_SSE = b"".join(
                     "model": "claude-opus-4-1",
                     "content": [],
                     "stop_reason": None,
-                    "usage": {"input_tokens": 11, "cache_read_input_tokens": 40, "cache_creation_input_tokens": 9,
-                              "output_tokens": 1},
+                    "usage": {
+                        "input_tokens": 11,
+                        "cache_read_input_tokens": 40,
+                        "cache_creation_input_tokens": 9,
+                        "output_tokens": 1,
+                    },
                 },
             },
         ),
-        _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                       "content_block": {"type": "thinking", "thinking": ""}}),
-        _event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "thinking_delta", "thinking": "Premier "}}),
-        _event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "thinking_delta", "thinking": "pas: é"}}),
+        _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        ),
+        _event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Premier "}},
+        ),
+        _event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "pas: é"}},
+        ),
         _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _event("content_block_start", {"type": "content_block_start", "index": 1,
-                                       "content_block": {"type": "redacted_thinking", "data": "opaque"}}),
-        _event("content_block_start", {"type": "content_block_start", "index": 2,
-                                       "content_block": {"type": "thinking", "thinking": "😀 "}}),
-        _event("content_block_delta", {"type": "content_block_delta", "index": 2,
-                                       "delta": {"type": "thinking_delta", "thinking": "second " + MARKER}}),
-        _event("content_block_start", {"type": "content_block_start", "index": 3,
-                                       "content_block": {"type": "tool_use", "id": "t1", "name": "a", "input": {}}}),
-        _event("content_block_delta", {"type": "content_block_delta", "index": 3,
-                                       "delta": {"type": "input_json_delta", "partial_json": '{"x": "thinking_delta"'}}),
-        _event("content_block_start", {"type": "content_block_start", "index": 4,
-                                       "content_block": {"type": "tool_use", "id": "t2", "name": "b", "input": {}}}),
-        _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
-                                 "usage": {"output_tokens": 99}}),
+        _event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {"type": "redacted_thinking", "data": "opaque"},
+            },
+        ),
+        _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 2, "content_block": {"type": "thinking", "thinking": "😀 "}},
+        ),
+        _event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 2,
+                "delta": {"type": "thinking_delta", "thinking": "second " + MARKER},
+            },
+        ),
+        _event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 3,
+                "content_block": {"type": "tool_use", "id": "t1", "name": "a", "input": {}},
+            },
+        ),
+        _event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 3,
+                "delta": {"type": "input_json_delta", "partial_json": '{"x": "thinking_delta"'},
+            },
+        ),
+        _event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 4,
+                "content_block": {"type": "tool_use", "id": "t2", "name": "b", "input": {}},
+            },
+        ),
+        _event(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 99}},
+        ),
         _event("message_stop", {"type": "message_stop"}),
     ]
 )
@@ -193,8 +238,12 @@ ANTHROPIC_JSON = json.dumps(
             {"type": "tool_use", "id": "t2", "name": "b", "input": {}},
         ],
         "stop_reason": "tool_use",
-        "usage": {"input_tokens": 11, "cache_read_input_tokens": 40, "cache_creation_input_tokens": 9,
-                  "output_tokens": 99},
+        "usage": {
+            "input_tokens": 11,
+            "cache_read_input_tokens": 40,
+            "cache_creation_input_tokens": 9,
+            "output_tokens": 99,
+        },
     }
 ).encode()
 
@@ -219,8 +268,9 @@ OPENAI_SSE = b"".join(
         _data(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q": 1}'}}]})),
         _data(_chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]})),
         _data(_chunk({}, "tool_calls")),
-        _data({"id": "c", "object": "chat.completion.chunk", "model": "deepseek-r1", "choices": [],
-               "usage": OPENAI_USAGE}),
+        _data(
+            {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-r1", "choices": [], "usage": OPENAI_USAGE}
+        ),
         b"data: [DONE]\n\n",
     ]
 )
@@ -245,8 +295,10 @@ OPENAI_JSON = json.dumps(
                     "role": "assistant",
                     "content": "Sure",
                     "reasoning_content": "Let me think é😀 " + MARKER,
-                    "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-                                   {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}}],
+                    "tool_calls": [
+                        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                        {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+                    ],
                 },
                 "finish_reason": "tool_calls",
             }
@@ -268,9 +320,11 @@ GEMINI_RESPONSES = [
     _gemini([{"text": "Thinking é", "thought": True}], {"promptTokenCount": 8, "totalTokenCount": 8}),
     _gemini([{"text": "😀 more " + MARKER, "thought": True}], {"promptTokenCount": 8, "thoughtsTokenCount": 30}),
     _gemini([{"text": "Answer"}], {"promptTokenCount": 8, "candidatesTokenCount": 2, "thoughtsTokenCount": 31}),
-    _gemini([{"functionCall": {"name": "f", "args": {}}}, {"functionCall": {"name": "g", "args": {}}}],
-            {"promptTokenCount": 8, "candidatesTokenCount": 9, "thoughtsTokenCount": 31,
-             "cachedContentTokenCount": 4}, "STOP"),
+    _gemini(
+        [{"functionCall": {"name": "f", "args": {}}}, {"functionCall": {"name": "g", "args": {}}}],
+        {"promptTokenCount": 8, "candidatesTokenCount": 9, "thoughtsTokenCount": 31, "cachedContentTokenCount": 4},
+        "STOP",
+    ),
 ]
 GEMINI_SSE = b"".join(b"data: " + json.dumps(r).encode() + b"\r\n\r\n" for r in GEMINI_RESPONSES)
 GEMINI_EXPECTED = Extract(
@@ -310,8 +364,9 @@ class FakeProviderTests(SynchronousTestCase):
                         _extract(provider, [_message(provider, reply)], module.JSON_TYPE.decode(), streaming=False),
                         expected,
                     )
-                    self.assertEqual(_extract(provider, [_stream(provider, reply)], module.STREAM_TYPE.decode()),
-                                     expected)
+                    self.assertEqual(
+                        _extract(provider, [_stream(provider, reply)], module.STREAM_TYPE.decode()), expected
+                    )
 
     def test_thinking_hash(self) -> None:
         """
@@ -332,7 +387,12 @@ class FakeProviderTests(SynchronousTestCase):
             reply = _reply(events=6)
             whole = _stream(provider, reply)
             expected = _expected(provider, reply)
-            for chunks in (_pieces(whole, 1), _pieces(whole, 7), _pieces(whole, 100), list(module.stream(reply, REQUEST))):
+            for chunks in (
+                _pieces(whole, 1),
+                _pieces(whole, 7),
+                _pieces(whole, 100),
+                list(module.stream(reply, REQUEST)),
+            ):
                 with self.subTest(provider=provider, chunk=len(chunks[0])):
                     self.assertEqual(_extract(provider, chunks), expected)
 
@@ -343,8 +403,14 @@ class FakeProviderTests(SynchronousTestCase):
         reply = _reply()
         extract = _extract("openai", fake_openai.stream(reply, {}))
         self.assertEqual(
-            extract, replace(_expected("openai", reply), input_tokens=None, output_tokens=None, cache_read_tokens=None,
-                             reasoning_tokens=None)
+            extract,
+            replace(
+                _expected("openai", reply),
+                input_tokens=None,
+                output_tokens=None,
+                cache_read_tokens=None,
+                reasoning_tokens=None,
+            ),
         )
 
     def test_stream_error_event(self) -> None:
@@ -375,8 +441,18 @@ class FakeProviderTests(SynchronousTestCase):
         """
         reply = _reply()
         cases = [
-            ("anthropic", 8, Extract(model=reply.model, input_tokens=reply.prompt_tokens, output_tokens=1,
-                                     cache_read_tokens=0, cache_creation_tokens=0, **_thinking(reply.thinking_text))),
+            (
+                "anthropic",
+                8,
+                Extract(
+                    model=reply.model,
+                    input_tokens=reply.prompt_tokens,
+                    output_tokens=1,
+                    cache_read_tokens=0,
+                    cache_creation_tokens=0,
+                    **_thinking(reply.thinking_text),
+                ),
+            ),
             ("openai", 8, Extract(model=reply.model)),
             ("gemini", 4, Extract(model=reply.model, **_thinking(reply.thinking_text))),
         ]
@@ -421,8 +497,13 @@ class HandWrittenTests(SynchronousTestCase):
         body = json.dumps([*GEMINI_RESPONSES[:2], error]).encode()
         self.assertEqual(
             _extract("gemini", [body], JSON),
-            Extract(model="gemini-2.5-pro", input_tokens=8, reasoning_tokens=30, error_type="stream_error_event",
-                    **_thinking("Thinking é😀 more " + MARKER)),
+            Extract(
+                model="gemini-2.5-pro",
+                input_tokens=8,
+                reasoning_tokens=30,
+                error_type="stream_error_event",
+                **_thinking("Thinking é😀 more " + MARKER),
+            ),
         )
 
     def test_gemini_cut_stream_usage(self) -> None:
@@ -432,8 +513,13 @@ class HandWrittenTests(SynchronousTestCase):
         extract = _extract("gemini", _pieces(GEMINI_SSE[: GEMINI_SSE.index(b"functionCall")], 5), complete=False)
         self.assertEqual(
             extract,
-            Extract(model="gemini-2.5-pro", input_tokens=8, output_tokens=2, reasoning_tokens=31,
-                    **_thinking("Thinking é😀 more " + MARKER)),
+            Extract(
+                model="gemini-2.5-pro",
+                input_tokens=8,
+                output_tokens=2,
+                reasoning_tokens=31,
+                **_thinking("Thinking é😀 more " + MARKER),
+            ),
         )
 
 
@@ -497,7 +583,9 @@ class SSEFramingTests(SynchronousTestCase):
         reply = _reply(events=2)
         stream = _stream("gemini", reply)
         self.assertEqual(_extract("gemini", [stream[:-2]]), _expected("gemini", reply))
-        self.assertEqual(_extract("gemini", [stream, b'data: {"candidates"'], complete=False), _expected("gemini", reply))
+        self.assertEqual(
+            _extract("gemini", [stream, b'data: {"candidates"'], complete=False), _expected("gemini", reply)
+        )
 
     def test_invalid_event(self) -> None:
         """
@@ -574,8 +662,9 @@ class DecodingTests(SynchronousTestCase):
         """
         reply = _reply(events=5000)
         stream = _stream("gemini", reply)
-        self.assertEqual(_extract("gemini", _pieces(gzip.compress(stream), 65536), encoding="gzip"),
-                         _expected("gemini", reply))
+        self.assertEqual(
+            _extract("gemini", _pieces(gzip.compress(stream), 65536), encoding="gzip"), _expected("gemini", reply)
+        )
 
     def test_unsupported(self) -> None:
         """

@@ -41,7 +41,11 @@ class ResponseExtractor:
     """
 
     def __init__(
-        self, collector: Collector, framing: SSEEvents | JSONBody | None, content_encoding: str | None, error: str | None
+        self,
+        collector: Collector,
+        framing: SSEEvents | JSONBody | None,
+        content_encoding: str | None,
+        error: str | None,
     ) -> None:
         """
         @param collector: the provider's collector, which C{framing} passes the body on to.
