@@ -121,12 +121,16 @@ def _pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
+def _compact(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + _compact(data) + b"\n\n"
 
 
 def _data(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data).encode() + b"\n\n"
+    return b"data: " + _compact(data) + b"\n\n"
 
 
 # Hand-written streams with what the fake provider does not send: several thinking blocks

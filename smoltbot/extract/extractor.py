@@ -62,7 +62,7 @@ class ResponseExtractor:
             try:
                 self._feed = decoder(content_encoding, framing.feed)
             except StopExtraction as stop:
-                self._error = stop.reason
+                self._stop(stop)
 
     def feed(self, chunk: bytes) -> None:
         """
@@ -82,10 +82,10 @@ class ResponseExtractor:
         @param complete: whether the body ended normally (C{False} when the stream broke).
         """
         if self._result is None:
-            if self._feed is not None and self._framing is not None:
-                self._feed = None
+            framing, self._feed, self._framing = self._framing, None, None
+            if framing is not None:
                 try:
-                    self._framing.close(complete)
+                    framing.close(complete)
                     self._collector.close()
                 except Exception as error:
                     self._stop(error)
@@ -96,7 +96,7 @@ class ResponseExtractor:
         return self._result
 
     def _stop(self, error: Exception) -> None:
-        self._feed = None
+        self._feed = self._framing = None
         self._error = _reason(error)
 
 
