@@ -30,6 +30,7 @@ from smoltbot.heartbeat import HeartbeatService
 from smoltbot.kv import make_kv
 from smoltbot.license import LicenseMonitor
 from smoltbot.metrics import Metrics
+from smoltbot.proxy import ProviderProxy
 from smoltbot.web import GatewaySite, OpsApi, build_root
 
 
@@ -76,8 +77,17 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, *, metrics: Metrics | None = None, log_observer: ILogObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        metrics: Metrics | None = None,
+        log_observer: ILogObserver | None = None,
+        handle_signals: bool = False,
+    ) -> None:
         super().__init__()
+        self._handle_signals = handle_signals
         self.config = config
         self._reactor = reactor
         self.log_observer = log_observer
@@ -119,7 +129,7 @@ class GatewayService(MultiService):
             metrics=self.metrics,
             kv=self.kv,
             kv_mode=config.kv_mode,
-            database=self.database,
+            database=_DatabaseProbe(self.database),
             license_check=self._license_check,
             interval=config.probe_interval,
             timeout=config.probe_timeout,
@@ -150,11 +160,16 @@ class GatewayService(MultiService):
             clock=reactor,
             routes_providers=config.runs_gateway,
         )
-        self.site = GatewaySite(build_root(self.ops, self._provider_resources()), reactor)
+        self.proxy: ProviderProxy | None = None
+        if config.runs_gateway:
+            self.proxy = ProviderProxy.from_config(config, reactor, self.metrics)
+        self.site = GatewaySite(
+            build_root(self.ops, self._provider_resources()), reactor, max_request_body_bytes=config.max_request_body_bytes
+        )
 
     def _provider_resources(self) -> dict:
-        """The provider resources this role serves (none yet for the scheduler)."""
-        return {}
+        """The provider resources this role serves (none for the scheduler)."""
+        return self.proxy.resources() if self.proxy is not None else {}
 
     def _license_check(self) -> dict[str, Any]:
         judgement = self.license.current
@@ -174,6 +189,14 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
+        super().startService()
+        self._reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        """The reactor runs: take over the signals, then announce the daemon as started."""
+        if self._handle_signals:
+            self.install_signal_handlers()
+        self.health.started = True
         self.log.info(
             "smoltbot {version} starting: role={role} python={python_version} kv={kv_mode} listening on {host}:{port}",
             version=self.config.gateway_version,
@@ -184,12 +207,8 @@ class GatewayService(MultiService):
             port=self.listening_port,
             pid=os.getpid(),
         )
-        if self.config.redis_url is None:
-            self.log.warn("REDIS_URL is not set: using the in-memory KV store (per process, lost at restart)")
         if self.heartbeat is None:
             self.log.info("heartbeat disabled (HEARTBEAT_URL is empty)")
-        super().startService()
-        self.health.started = True
         sd_notify(b"READY=1")
 
     @property
@@ -229,7 +248,7 @@ class GatewayService(MultiService):
         config = self.config
         sd_notify(b"STOPPING=1")
         self.health.draining = True
-        self.site.draining = True
+        self.site.begin_draining()
         if config.shutdown_delay > 0:
             self.log.info("readiness reports draining; closing the listener in {delay}s", delay=config.shutdown_delay)
             yield deferLater(self._reactor, config.shutdown_delay)
@@ -252,8 +271,27 @@ class GatewayService(MultiService):
                     count=self.site.in_flight,
                 )
                 self.site.abort_in_flight()
+        if self.proxy is not None:
+            yield self.proxy.close()
         yield MultiService.stopService(self)
         self.log.info("smoltbot stopped")
+
+
+class _DatabaseProbe:
+    """
+    Readiness ping for PostgreSQL. Without a connection it waits for the pool's next connection
+    attempt (within the probe's timeout), so it reports a recovery or the real reason of a failure
+    rather than "not connected yet".
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def ping(self) -> Deferred[float]:
+        database = self._database
+        if not database.connected:
+            return database.when_attempted().addCallback(lambda _: database.ping())
+        return database.ping()
 
 
 def _outbound_client(reactor: Any) -> Any:
@@ -272,6 +310,4 @@ def build_daemon(config: Config, reactor: Any, stdout: IO[str] | None = None) ->
 
     observer = make_observer(stdout or sys.stdout, config.service_name, config.log_level)
     bridge_stdlib_logging(config.log_level)
-    service = GatewayService(config, reactor, log_observer=observer)
-    reactor.callWhenRunning(service.install_signal_handlers)
-    return service
+    return GatewayService(config, reactor, log_observer=observer, handle_signals=True)
