@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=["smoltbot", "smoltbot.fakeprovider", "smoltbot.sql", "twisted.plugins"],
+    packages=["smoltbot", "smoltbot.extract", "smoltbot.fakeprovider", "smoltbot.proxy", "smoltbot.sql", "twisted.plugins"],
     package_dir={"smoltbot.sql": "sql"},
     package_data={"smoltbot.sql": ["*.sql"]},
     install_requires=[
@@ -27,6 +27,7 @@ setup(
         "txredisapi>=1.4.10,<2",
         "prometheus-client>=0.20,<1",
         "PyJWT[crypto]>=2.8,<3",
+        "brotli>=1.2,<2",
     ],
     extras_require={
         "test": ["anthropic>=2,<3", "openai>=3,<4", "google-genai>=3,<4"],

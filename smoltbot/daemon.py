@@ -31,6 +31,7 @@ from smoltbot.heartbeat import HeartbeatService
 from smoltbot.kv import make_kv
 from smoltbot.license import LicenseMonitor
 from smoltbot.metrics import Metrics
+from smoltbot.proxy import ProviderProxy
 from smoltbot.recorder import Recorder, Worker, WorkerThread
 from smoltbot.records import new_instance_id
 from smoltbot.spool import Spool
@@ -194,11 +195,16 @@ class GatewayService(MultiService):
             clock=reactor,
             routes_providers=config.runs_gateway,
         )
-        self.site = GatewaySite(build_root(self.ops, self._provider_resources()), reactor)
+        self.proxy: ProviderProxy | None = None
+        if config.runs_gateway:
+            self.proxy = ProviderProxy.from_config(config, reactor, self.metrics)
+        self.site = GatewaySite(
+            build_root(self.ops, self._provider_resources()), reactor, max_request_body_bytes=config.max_request_body_bytes
+        )
 
     def _provider_resources(self) -> dict:
-        """The provider resources this role serves (none yet for the scheduler)."""
-        return {}
+        """The provider resources this role serves (none for the scheduler)."""
+        return self.proxy.resources() if self.proxy is not None else {}
 
     def _spool_worker(self) -> Worker:
         """The thread the recorder's spool I/O runs on."""
@@ -304,6 +310,8 @@ class GatewayService(MultiService):
                     count=self.site.in_flight,
                 )
                 self.site.abort_in_flight()
+        if self.proxy is not None:
+            yield self.proxy.close()
         Service.stopService(self)
         for service in reversed(list(self)):
             try:
@@ -315,9 +323,9 @@ class GatewayService(MultiService):
 
 class _DatabaseProbe:
     """
-    Readiness ping for PostgreSQL. While the pool's first connection attempt is under way it waits
-    for that attempt (within the probe's timeout) instead of reporting "not connected yet"; after
-    that it answers at once, with the pool's last connection error when it has no connection.
+    Readiness ping for PostgreSQL. Without a connection it waits for the pool's next connection
+    attempt (within the probe's timeout), so it reports a recovery or the real reason of a failure
+    rather than "not connected yet".
     """
 
     def __init__(self, database: Database) -> None:
@@ -325,8 +333,8 @@ class _DatabaseProbe:
 
     def ping(self) -> Deferred[float]:
         database = self._database
-        if not database.connected and database.last_error is None:
-            return database.when_connected().addCallback(lambda _: database.ping())
+        if not database.connected:
+            return database.when_attempted().addCallback(lambda _: database.ping())
         return database.ping()
 
 

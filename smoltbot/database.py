@@ -290,6 +290,7 @@ class Database(Service):
         self._idle: list[_Slot] = []
         self._waiting: deque[_Operation] = deque()
         self._connected_waiters: list[Deferred[None]] = []
+        self._attempt_waiters: list[Deferred[None]] = []
         self._drained: Deferred[None] | None = None
         self._last_warning: tuple[str, str] | None = None
         self._last_warning_at = 0.0
@@ -323,6 +324,22 @@ class Database(Service):
         waiter: Deferred[None] = Deferred(self._connected_waiters.remove)
         self._connected_waiters.append(waiter)
         return waiter
+
+    def when_attempted(self) -> Deferred[None]:
+        """
+        A Deferred firing once a connection is up or the next connection attempt has failed (at once
+        if one is up); cancellable. Readiness uses it so its first probe reports the real reason.
+        """
+        if self.connected:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._attempt_waiters.remove)
+        self._attempt_waiters.append(waiter)
+        return waiter
+
+    def _settle_attempt_waiters(self) -> None:
+        waiters, self._attempt_waiters = self._attempt_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     # -- the API
 
@@ -424,6 +441,7 @@ class Database(Service):
             waiters, self._connected_waiters = self._connected_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        self._settle_attempt_waiters()
 
     def _open_failed(self, failure: Failure, slot: _Slot) -> None:
         timed_out = slot.timer is None
@@ -440,6 +458,7 @@ class Database(Service):
         if not self.connected:
             self._fail_waiting(self._unavailable())
         self._warn("database connection failed: {error}", self.last_error)
+        self._settle_attempt_waiters()
 
     def _retry(self, slot: _Slot) -> None:
         slot.timer = None

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from smoltbot.metrics import Metrics
+from smoltbot.periodic import PeriodicService
 
 
 class Pingable(Protocol):
@@ -61,7 +60,7 @@ class HealthState:
         return bool(self.checks) and all(check.get("ok") for check in self.current().values())
 
 
-class ProbeService(Service):
+class ProbeService(PeriodicService):
     """
     Every `interval` seconds, ping Redis (`redis`) and PostgreSQL (`supabase`, the name kept for
     existing dashboards) with a timeout each and measure their latency, and read the license
@@ -83,43 +82,16 @@ class ProbeService(Service):
         interval: float = 5.0,
         timeout: float = 5.0,
     ) -> None:
+        super().__init__(clock=clock, interval=interval)
         self._state = state
-        self._clock = clock
         self._metrics = metrics
         self._kv = kv
         self._kv_mode = kv_mode
         self._database = database
         self._license_check = license_check
-        self._interval = interval
         self._timeout = timeout
-        self._loop = LoopingCall(self._run_safely)
-        self._loop.clock = clock
-        self._round: Deferred[None] | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self._interval, now=True)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        if self._round is not None:
-            self._round.cancel()
-        return None
-
-    def _run_safely(self) -> Deferred[None] | None:
-        if self._round is not None:
-            return None  # the previous round is still waiting on its timeouts
-        self._round = maybeDeferred(self.run_once)
-        self._round.addErrback(lambda f: self.log.failure("health probe round failed", failure=f))
-        self._round.addBoth(self._round_done)
-        return None
-
-    def _round_done(self, result: object) -> None:
-        self._round = None
-
-    def run_once(self) -> Deferred[None]:
+    def tick(self) -> Deferred[None]:
         """Run every probe once and publish the results."""
         probes = [self._ping("redis", self._kv)]
         if self._database is not None:

@@ -13,26 +13,25 @@ import json
 import platform
 import resource
 import sys
-from datetime import datetime, timezone
 from typing import Any, Callable, NoReturn
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
+from smoltbot.logs import format_timestamp
 from smoltbot.metrics import Metrics
+from smoltbot.periodic import PeriodicService
 
 
-class HeartbeatService(Service):
+class HeartbeatService(PeriodicService):
     """
     Sends a heartbeat at start and then every `interval` seconds on `reactor`'s clock.
 
@@ -58,11 +57,11 @@ class HeartbeatService(Service):
         metrics: Metrics,
         started_at: float,
     ) -> None:
+        super().__init__(clock=reactor, interval=interval)
         self._url = url
         self._license_jwt = license_jwt or None
         self._deployment_id = deployment_id
         self._version = version
-        self._interval = interval
         self._timeout = timeout
         self._reactor = reactor
         self._http = http_client
@@ -73,28 +72,12 @@ class HeartbeatService(Service):
         if self._license_jwt:
             self._headers["Authorization"] = f"Bearer {self._license_jwt}"
         self._secrets = [s for s in (self._license_jwt, urlsplit(url).query) if s]
-        self._loop = LoopingCall(self._beat)
-        self._loop.clock = reactor
-        self._in_flight: Deferred[None] | None = None
 
-    def startService(self) -> None:
-        """Send the first heartbeat now and schedule the rest."""
-        super().startService()
-        self._loop.start(self._interval, now=True)
+    def skipped(self) -> None:
+        self.log.warn("[heartbeat] Previous heartbeat still in flight; skipping this one")
 
-    def stopService(self) -> None:
-        """Stop the schedule and abandon a heartbeat still in flight."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        if self._in_flight is not None:
-            self._in_flight.cancel()
-
-    def _beat(self) -> None:
-        """One LoopingCall run. Never raises, so the loop keeps running."""
-        if self._in_flight is not None:
-            self.log.warn("[heartbeat] Previous heartbeat still in flight; skipping this one")
-            return
+    def tick(self) -> Deferred[None] | None:
+        """Send one heartbeat; the Deferred fires when it has landed, whatever the outcome."""
         try:
             d = self._http.post(
                 self._url,
@@ -106,16 +89,12 @@ class HeartbeatService(Service):
         except Exception:
             self._count("failed")
             self.log.failure("[heartbeat] Could not start the heartbeat")
-            return
+            return None
         d.addCallback(self._drain)
         d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_timed_out)
         d.addCallbacks(self._answered, self._failed)
         d.addErrback(lambda failure: self.log.failure("[heartbeat] Unexpected error", failure))
-        self._in_flight = d
-        d.addBoth(self._landed)
-
-    def _landed(self, result: None) -> None:
-        self._in_flight = None
+        return d
 
     def _payload(self) -> dict[str, Any]:
         """The heartbeat body (reference §8.5, with Python's runtime in place of Node's)."""
@@ -131,7 +110,7 @@ class HeartbeatService(Service):
                 "platform": sys.platform,
                 "memory_usage_mb": _rss_mb(),
             },
-            "timestamp": _iso_utc_ms(now),
+            "timestamp": format_timestamp(now),
         }
 
     def _drain(self, response: IResponse) -> Deferred[int]:
@@ -166,11 +145,6 @@ class HeartbeatService(Service):
 
     def _count(self, result: str) -> None:
         self._metrics.heartbeats.labels(result=result).inc()
-
-
-def _iso_utc_ms(when: float) -> str:
-    """A Unix time as ISO 8601 UTC with milliseconds and a `Z`."""
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _timed_out(result: object, timeout: float) -> NoReturn:

@@ -21,10 +21,10 @@ import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from smoltbot.periodic import PeriodicService
 
 PARSE_ERROR = "license_parse_error"
 EXPIRED = "license_expired"
@@ -123,7 +123,7 @@ def _verification_key(pem: str) -> tuple[Any, str]:
     raise ValueError(f"unsupported public key type {type(key).__name__}")
 
 
-class LicenseMonitor(Service):
+class LicenseMonitor(PeriodicService):
     """
     Keeps `current` up to date: judges the license at start and every `interval` seconds.
 
@@ -143,14 +143,11 @@ class LicenseMonitor(Service):
         secret: str | None,
         interval: float = 60,
     ) -> None:
+        super().__init__(clock=clock, interval=interval)
         self._token = token
-        self._clock = clock
         self._leeway = leeway
         self._public_key = public_key
         self._secret = secret
-        self._interval = interval
-        self._loop = LoopingCall(self._check)
-        self._loop.clock = clock
         self._logged_warning: str | None = None
         self.current: LicenseJudgement = self._judge()
         """The latest judgement (made at construction, then at start and on every tick)."""
@@ -164,34 +161,20 @@ class LicenseMonitor(Service):
             secret=self._secret,
         )
 
-    def startService(self) -> None:
-        """Judge now, then every `interval` seconds."""
-        super().startService()
-        self._loop.start(self._interval, now=True)
-
-    def stopService(self) -> None:
-        """Stop re-judging."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-
-    def _check(self) -> None:
-        """One tick: re-judge and log a change. Never raises, so the loop keeps running."""
-        try:
-            self.current = judgement = self._judge()
-            if judgement.warning == self._logged_warning:
-                return
-            if judgement.ok:
-                self.log.info("[license] License is valid again")
-            else:
-                self.log.warn(
-                    "[license] License check failed: {license_warning}",
-                    license_warning=judgement.warning,
-                    license_id=judgement.claims.get("license_id"),
-                )
-            self._logged_warning = judgement.warning
-        except Exception:
-            self.log.failure("[license] License check raised")
+    def tick(self) -> None:
+        """Re-judge, and log the change if the judgement changed."""
+        self.current = judgement = self._judge()
+        if judgement.warning == self._logged_warning:
+            return
+        if judgement.ok:
+            self.log.info("[license] License is valid again")
+        else:
+            self.log.warn(
+                "[license] License check failed: {license_warning}",
+                license_warning=judgement.warning,
+                license_id=judgement.claims.get("license_id"),
+            )
+        self._logged_warning = judgement.warning
 
 
 def license_report(

@@ -9,6 +9,7 @@ pays for no routing table.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
@@ -27,6 +28,7 @@ from smoltbot.metrics import Metrics
 from smoltbot.models import KNOWN_MODELS
 
 PROVIDERS = ("anthropic", "openai", "gemini")
+DEFAULT_MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
 
 _REQUEST_ID = re.compile(
     r"^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z0-9._-]{1,64})$"
@@ -75,12 +77,69 @@ def error_body(request: server.Request, status: int, error_type: str, error: str
 class GatewayRequest(server.Request):
     """
     A request that carries the gateway's request id and tells its site when it is in flight,
-    so shutdown can wait for it.
+    so shutdown can wait for it. Its body is kept in memory and capped: a body over the site's
+    `max_request_body_bytes` gets a 413 as soon as its length is known, and the connection closes.
     """
 
+    log = Logger()
     request_id: str = ""
+    _body_refused = False
+    _body_size = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self._body_limit():
+            self._refuse_body(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._body_refused:
+            return
+        self._body_size += len(data)
+        if self._body_size > self._body_limit():
+            self._refuse_body(None)
+            return
+        self.content.write(data)
+
+    def _body_limit(self) -> int:
+        return getattr(self.channel.site, "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES)
+
+    def _refuse_body(self, length: int | None) -> None:
+        """Answer 413 before reading the body (twisted.web has not parsed the request line yet)."""
+        self._body_refused = True
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
+        limit = self._body_limit()
+        request_id = request_id_for(self.requestHeaders.getRawHeaders(b"x-request-id", [None])[0])
+        body = json.dumps(
+            {
+                "error": "Request too large",
+                "type": "request_too_large",
+                "message": f"The request body is larger than the gateway's limit of {limit} bytes.",
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        head = [b"HTTP/1.1 413 Request Entity Too Large"]
+        head += [name + b": " + value for name, value in CORS_HEADERS.items()]
+        rid = request_id.encode("ascii")
+        head += [
+            b"x-smoltbot-request-id: " + rid,
+            b"x-request-id: " + rid,
+            b"content-type: application/json",
+            b"content-length: %d" % len(body),
+            b"connection: close",
+        ]
+        self.log.info(
+            "refused a request body of {length} bytes (limit {limit})",
+            length=length if length is not None else self._body_size,
+            limit=limit,
+            status=413,
+            request_id=request_id,
+        )
+        self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.channel.loseConnection()
 
     def process(self) -> None:
+        if self._body_refused:
+            return  # answered with a 413 already; the connection is closing
         self.request_id = request_id_for(self.requestHeaders.getRawHeaders(b"x-request-id", [None])[0])
         headers = self.responseHeaders
         for name, value in CORS_HEADERS.items():
@@ -104,8 +163,16 @@ class GatewaySite(server.Site):
     requestFactory = GatewayRequest
     noisy = False
 
-    def __init__(self, resource: IResource, reactor: IReactorTime, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        reactor: IReactorTime,
+        max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, reactor=reactor, **kwargs)
+        self.max_request_body_bytes = max_request_body_bytes
         self._in_flight: set[GatewayRequest] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self.draining = False
@@ -134,8 +201,10 @@ class GatewaySite(server.Site):
         """From now on every response closes its connection, including those of requests in flight."""
         self.draining = True
         for request in self._in_flight:
-            if not request.startedWriting and request.channel is not None:
-                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            if request.channel is not None:
+                # A response already under way (a stream) cannot say so, but still ends with a close.
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
                 request.channel.persistent = False
 
     def when_idle(self) -> Deferred[None]:

@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.faultproxy import FaultProxy
-from tests.process import base_env, free_port, get_json, run_command, start_daemon
+from tests.process import base_env, free_port, get_json, start_daemon
 from tests.support import new_database
 
 
@@ -54,6 +54,7 @@ class DaemonProcessTests(TestCase):
         self.assertEqual(line["kv_mode"], "memory")
         self.assertTrue(any(r["level"] == "warn" and "in-memory KV" in r["message"] for r in daemon.records))
         self.assertTrue(any("heartbeat disabled" in r["message"] for r in daemon.records))
+        self.assertFalse(any(r["message"].startswith("[heartbeat]") for r in daemon.records))
         daemon.signal("TERM")
         self.assertEqual(await daemon.wait_exit(), 0)
         for record in daemon.records:
@@ -150,6 +151,27 @@ class DaemonProcessTests(TestCase):
         proxy.mode = "relay"
         code, body = await self._ready_when(lambda b: b["checks"].get("supabase", {}).get("ok"))
         self.assertEqual(code, 200)
+
+    async def test_wrong_credentials_then_fixed(self):
+        """PostgreSQL refusing the credentials: supabase.ok is false with the server's reason; once fixed, readiness recovers."""
+        import uuid
+
+        from tests.support import _admin
+
+        role = f"smoltbot_role_{uuid.uuid4().hex[:8]}"
+        dsn = self.database_url.replace("postgres@", f"{role}:secret-marker-789@")
+        daemon = start_daemon(self, self.env(DATABASE_URL=dsn))
+        await daemon.wait_for(started)
+        code, body = await self._ready_when(lambda b: "supabase" in b.get("checks", {}))
+        self.assertEqual((code, body["checks"]["supabase"]["ok"]), (503, False))
+        self.assertIn(role, body["checks"]["supabase"]["error"])
+        _admin(f'CREATE ROLE "{role}" LOGIN')
+        self.addCleanup(_admin, f'DROP ROLE IF EXISTS "{role}"')
+        code, body = await self._ready_when(lambda b: b["checks"].get("supabase", {}).get("ok"))
+        self.assertEqual(code, 200)
+        daemon.signal("TERM")
+        await daemon.wait_exit()
+        self.assertNotIn("secret-marker-789", "\n".join(daemon.lines) + daemon.stderr)
 
     async def test_license_expired_degrades_but_serves(self):
         """An expired license makes readiness 503 degraded with license_expired; other endpoints still answer."""

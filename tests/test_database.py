@@ -158,6 +158,16 @@ class DatabaseTests(TestCase):
         self.failureResultOf(db.run_interaction(lambda cursor: None), DatabaseUnavailable)
         self.assertFalse(db.connected)
 
+    async def test_when_attempted(self) -> None:
+        """when_attempted fires after a failed connection attempt, and at once while connected."""
+        db, proxy = await self.pool("refuse")
+        await within(db.when_attempted())
+        self.assertFalse(db.connected)
+        self.assertIsNotNone(db.last_error)
+        proxy.mode = "relay"
+        await within(db.when_connected())
+        self.successResultOf(db.when_attempted())
+
     async def test_recovers_without_restart(self) -> None:
         """Once the database is reachable again, the same pool reconnects by itself and calls succeed."""
         db, proxy = await self.pool("refuse")
