@@ -1,7 +1,7 @@
 """
 How many request records a second the recorder sustains, on this machine's PostgreSQL.
 
-    python bench/recorder.py [--records 50000] [--batch-size 500]
+    python -m bench.recorder [--records 50000] [--batch-size 500]      (from the project root)
 
 Creates a private database (dropped at the end) through SMOLTBOT_BENCH_ADMIN_DSN (default: the
 local server as `postgres`), applies the migrations, and measures three paths of one Recorder
@@ -16,23 +16,20 @@ import argparse
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import psycopg2
+from twisted.internet import defer, task
 
-import psycopg2  # noqa: E402
-from twisted.internet import defer, task  # noqa: E402
-
-from smoltbot.database import Database  # noqa: E402
-from smoltbot.metrics import Metrics  # noqa: E402
-from smoltbot.migrations import apply_pending, discover, migrations_dir  # noqa: E402
-from smoltbot.recorder import Recorder, WorkerThread  # noqa: E402
-from smoltbot.records import RequestRecord  # noqa: E402
-from smoltbot.spool import Spool  # noqa: E402
+from smoltbot.database import Database
+from smoltbot.metrics import Metrics
+from smoltbot.migrations import apply_pending, discover, migrations_dir
+from smoltbot.recorder import Recorder, WorkerThread
+from smoltbot.records import RequestRecord
+from smoltbot.spool import Spool
 
 ADMIN_DSN = os.environ.get("SMOLTBOT_BENCH_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 

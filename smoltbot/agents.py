@@ -15,16 +15,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from smoltbot.database import describe_error
 from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
+from smoltbot.periodic import PeriodicService
 from smoltbot.recorder import QueryRunner
 
 _AGENT_ID = re.compile(r"smolt-[0-9a-f]{8}")
@@ -38,7 +37,7 @@ _UPDATE = (
 )
 
 
-class AgentRegistry(Service):
+class AgentRegistry(PeriodicService):
     """
     Registers agents on first sight and keeps their `last_seen` fresh, in batches, in the background.
 
@@ -65,10 +64,9 @@ class AgentRegistry(Service):
         retry_delay: float = 1.0,
         max_retry_delay: float = 30.0,
     ) -> None:
+        super().__init__(clock=clock, interval=flush_interval)
         self._database = database
-        self._clock = clock
         self._metrics = metrics
-        self._flush_interval = flush_interval
         self._touch_interval = touch_interval
         self._max_pending = max_pending
         self._max_known = max_known
@@ -83,8 +81,6 @@ class AgentRegistry(Service):
         self._flushing: Deferred[None] | None = None
         self._failing = False
         self._throttle = LogThrottle(clock)
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
 
     @property
     def pending(self) -> int:
@@ -127,16 +123,9 @@ class AgentRegistry(Service):
 
     # -- the Service
 
-    def startService(self) -> None:
-        """Start the write loop."""
-        super().startService()
-        self._loop.start(self._flush_interval, now=False).addErrback(lambda f: self.log.failure("agent loop failed", f))
-
     def stopService(self) -> Deferred[None]:
         """Stop the loop and write what is pending once (bounded by the write timeout); the rest is forgotten."""
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
         return Deferred.fromCoroutine(self._final_flush())
 
     async def _final_flush(self) -> None:
@@ -147,12 +136,10 @@ class AgentRegistry(Service):
 
     # -- writing
 
-    def _tick(self) -> None:
-        try:
-            if self._flushing is None and self.pending and self._clock.seconds() >= self._retry_at:
-                self._start_flush()
-        except Exception:
-            self.log.failure("agent write tick failed")
+    def tick(self) -> None:
+        """Write what is pending, unless a write is under way or the backoff after a failure lasts."""
+        if self._flushing is None and self.pending and self._clock.seconds() >= self._retry_at:
+            self._start_flush()
 
     def _start_flush(self) -> Deferred[None]:
         d = self._flushing = Deferred.fromCoroutine(self._flush())

@@ -20,11 +20,9 @@ from collections import deque
 from typing import Any, Callable, NamedTuple, Protocol, TypeVar
 
 import psycopg2
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from smoltbot.database import describe_error
 from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
+from smoltbot.periodic import PeriodicService
 from smoltbot.records import COLUMNS, RequestRecord
 from smoltbot.spool import ReplayBatch, Spool
 from smoltbot.spool import describe as describe_spool_error
@@ -121,7 +120,7 @@ class SpoolBacklog(NamedTuple):
     spool_segments: int
 
 
-class Recorder(Service):
+class Recorder(PeriodicService):
     """
     Writes request records to PostgreSQL in batches, through the spool when it must.
 
@@ -153,9 +152,9 @@ class Recorder(Service):
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval <= 0 or write_timeout <= 0 or retry_delay <= 0:
             raise ValueError("sizes must be at least 1, intervals and timeouts positive")
+        super().__init__(clock=clock, interval=flush_interval)
         self._database = database
         self._spool = spool
-        self._clock = clock
         self._metrics = metrics
         self._worker = worker
         self._queue_size = queue_size
@@ -181,9 +180,6 @@ class Recorder(Service):
         self._stop_deadline = 0.0
         self._closed = False
         self._throttle = LogThrottle(clock)
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
-        self._flush_interval = flush_interval
         metrics.trace_queue_depth.set_function(lambda: self.spool_backlog.queued)
         metrics.trace_spool_bytes.set_function(lambda: spool.bytes)
 
@@ -223,17 +219,14 @@ class Recorder(Service):
     # -- the Service
 
     def startService(self) -> None:
-        """Start the worker, open the spool (counting what an earlier run left) and the flush loop."""
-        super().startService()
+        """Start the worker, open the spool (counting what an earlier run left), then the flush loop."""
         self._worker.start()
         self._io("spool_open", self._spool.open).addCallback(self._spool_opened)
-        self._loop.start(self._flush_interval, now=False).addErrback(lambda f: self.log.failure("flush loop failed", f))
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         """Write the queue to PostgreSQL (to the spool past `stop_timeout`), seal the spool, stop the worker."""
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
         if self._kick_call is not None and self._kick_call.active():
             self._kick_call.cancel()
         self._kick_call = None
@@ -257,15 +250,13 @@ class Recorder(Service):
 
     # -- the flush loop
 
-    def _tick(self) -> None:
-        try:
-            self._due = True
-            self._replay_idle = False
-            if self._spool.error is not None:
-                self._io("spool_open", self._spool.open).addCallback(self._spool_opened)
-            self._kick()
-        except Exception:
-            self.log.failure("recorder flush tick failed")
+    def tick(self) -> None:
+        """Write what is queued (a partial batch too), retry a spool folder that failed, look for spool to replay."""
+        self._due = bool(self._queue)
+        self._replay_idle = False
+        if self._spool.error is not None:
+            self._io("spool_open", self._spool.open).addCallback(self._spool_opened)
+        self._kick()
 
     def _kicked(self) -> None:
         self._kick_call = None

@@ -42,9 +42,12 @@ class RequestRecord:
     provider's usage figures (None when it reported none). `error_type` is None for a request
     whose upstream answer was relayed whole.
 
-    Building a record checks it: a field of the wrong type raises TypeError, a number out of its
-    column's range ValueError. Text is made storable instead of refused (cut to `MAX_TEXT`
-    characters, NUL and lone surrogates replaced), and a query string is cut off `path`.
+    Building a record checks it: a field of the wrong type raises TypeError; an empty request id,
+    a `created_at` that is no unix time, a malformed `thinking_sha256` or a status beyond 999
+    raise ValueError. Values that come from clients and providers are made storable instead of
+    refused: text is cut to `MAX_TEXT` characters with NUL and lone surrogates replaced, a count
+    outside its column's range and a negative or non-finite duration become None (unknown), and
+    a query string is cut off `path`.
     """
 
     request_id: str
@@ -128,12 +131,10 @@ def _text(name: str, value: Any) -> str:
 
 
 def _bounded(limit: int) -> Any:
-    def check(name: str, value: Any) -> int:
+    def check(name: str, value: Any) -> int | None:
         if type(value) is not int:
             raise TypeError(f"{name} must be an int")
-        if not 0 <= value <= limit:
-            raise ValueError(f"{name} must be between 0 and {limit}")
-        return value
+        return value if 0 <= value <= limit else None
 
     return check
 
@@ -146,19 +147,22 @@ def _status(name: str, value: Any) -> int:
     return value
 
 
-def _number(name: str, value: Any) -> float:
+def _float(name: str, value: Any) -> float:
     if type(value) is int:
-        value = float(value)
-    elif type(value) is not float:
+        return float(value)
+    if type(value) is not float:
         raise TypeError(f"{name} must be a float")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number, not negative")
     return value
 
 
+def _duration(name: str, value: Any) -> float | None:
+    value = _float(name, value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _timestamp(name: str, value: Any) -> float:
-    value = _number(name, value)
-    if not 0 < value < 1e11:
+    value = _float(name, value)
+    if not 0 < value < 1e11:  # also refuses NaN
         raise ValueError(f"{name} must be unix seconds")
     return value
 
@@ -180,8 +184,8 @@ _SPEC: dict[str, tuple[Any, bool]] = {
     "path": (_text, True),
     "status": (_status, False),
     "streaming": (_flag, True),
-    "ttfb_ms": (_number, False),
-    "duration_ms": (_number, False),
+    "ttfb_ms": (_duration, False),
+    "duration_ms": (_duration, False),
     "bytes_in": (_bounded(_INT64), False),
     "bytes_out": (_bounded(_INT64), False),
     "input_tokens": (_bounded(_INT32), False),

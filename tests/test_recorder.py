@@ -247,9 +247,8 @@ class RecorderTests(SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "gateway_traces_dropped_total"), 1)
         self.db.connected = True
         self.metrics = Metrics("test")
-        restarted = self.start()
-        self.assertEqual(restarted.spool_backlog.spool_segments, 1)
-        self.clock.advance(1)
+        restarted = self.start()  # replays at once
+        self.assertTrue(any("holds" in m and "in 1 segments" in m for m in self.messages("info")))
         self.assertEqual(len(self.db.rows), 250)
         self.assertEqual(segment_files(self.directory), [])
         self.stop(restarted)

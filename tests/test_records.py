@@ -81,7 +81,7 @@ class RecordTests(SynchronousTestCase):
             json.dumps({**good, "input_tokens": True}),
             json.dumps({**good, "streaming": 1}),
             json.dumps({**good, "created_at": "2026-01-01"}),
-            json.dumps({**good, "output_tokens": -1}),
+            json.dumps({**good, "created_at": -1}),
             json.dumps({**good, "thinking_sha256": "xyz"}),
             json.dumps({**good, "request_id": ""}),
             "[" * 100_000,
@@ -90,14 +90,19 @@ class RecordTests(SynchronousTestCase):
             self.assertRaises(RecordFormatError, RequestRecord.from_json, line)
 
     def test_checks_on_build(self):
-        """Wrong types raise TypeError and values outside their column's range raise ValueError."""
+        """Wrong types raise TypeError, bad ids and times ValueError; counts and durations that cannot be stored become None."""
         self.assertRaises(TypeError, make_record, status="200")
         self.assertRaises(TypeError, make_record, streaming=None)
         self.assertRaises(TypeError, make_record, provider=None)
         self.assertRaises(TypeError, make_record, bytes_in=1.5)
-        self.assertRaises(ValueError, make_record, input_tokens=2**31)
-        self.assertRaises(ValueError, make_record, duration_ms=float("nan"))
         self.assertRaises(ValueError, make_record, created_at=1e12)
+        self.assertRaises(ValueError, make_record, created_at=float("nan"))
+        self.assertRaises(ValueError, make_record, status=1000)
+        self.assertRaises(ValueError, make_record, thinking_sha256="ABC")
+        self.assertIsNone(make_record(input_tokens=2**31).input_tokens)
+        self.assertIsNone(make_record(output_tokens=-1).output_tokens)
+        self.assertIsNone(make_record(duration_ms=float("nan")).duration_ms)
+        self.assertIsNone(make_record(ttfb_ms=-0.5).ttfb_ms)
         self.assertEqual(make_record(bytes_out=2**40).bytes_out, 2**40)
         self.assertEqual(make_record(ttfb_ms=3).ttfb_ms, 3.0)
 
