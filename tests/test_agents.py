@@ -32,7 +32,6 @@ class FakeAgentsTable:
     """Stands in for the pool: an `agents` table in a dict, and a switch to fail every call."""
 
     def __init__(self) -> None:
-        self.connected = True
         self.failing = False
         self.rows: dict[str, dict[str, Any]] = {}
         self.statements: list[str] = []

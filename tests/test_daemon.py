@@ -7,6 +7,8 @@ import os
 import socket
 import time
 
+import psycopg2
+
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -14,7 +16,9 @@ from twisted.web.server import Site
 
 from tests.faultproxy import FaultProxy
 from tests.process import base_env, free_port, get_json, start_daemon
-from tests.support import new_database
+from tests.support import new_database, new_state_dir
+from tests.test_recorder import migrated_database
+from tests.test_records import make_record
 
 
 def started(record):
@@ -136,6 +140,27 @@ class DaemonProcessTests(TestCase):
         self.assertIn("spool not writable", body["checks"]["recorder"]["error"])
         daemon.signal("TERM")
         self.assertEqual(await daemon.wait_exit(), 0)
+
+    async def test_spool_left_by_a_previous_run_is_replayed(self):
+        """Started with records in its spool folder, the daemon writes them to PostgreSQL and deletes the spool."""
+        dbname = await migrated_database()
+        spool_dir = os.path.join(new_state_dir(), "spool")
+        os.makedirs(spool_dir)
+        with open(os.path.join(spool_dir, "00000000000000000001-1-1.jsonl"), "w") as f:
+            f.write("".join(make_record(n).to_json() + "\n" for n in range(3)))
+        env = self.env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{dbname}", RECORDER_SPOOL_DIR=spool_dir)
+        daemon = start_daemon(self, env)
+        await daemon.wait_for(lambda r: "replayed into PostgreSQL" in r["message"])
+        self.assertEqual(os.listdir(spool_dir), [])
+        daemon.signal("TERM")
+        self.assertEqual(await daemon.wait_exit(), 0)
+        connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT request_id FROM request_records ORDER BY 1")
+                self.assertEqual(cursor.fetchall(), [("req-000000",), ("req-000001",), ("req-000002",)])
+        finally:
+            connection.close()
 
     async def test_database_down_at_start_then_recovers(self):
         """PostgreSQL unreachable at start: supabase.ok is false; once it is back, readiness recovers with no restart."""
