@@ -162,7 +162,7 @@ def _duration(name: str, value: Any) -> float | None:
 
 def _timestamp(name: str, value: Any) -> float:
     value = _float(name, value)
-    if not 0 < value < 1e11:  # also refuses NaN
+    if not 0 <= value < 1e11:  # also refuses NaN; 0 is a fake clock's start
         raise ValueError(f"{name} must be unix seconds")
     return value
 
