@@ -95,6 +95,7 @@ class Config:
     state_dir: str = "/var/lib/smoltbot"
 
     # Request records and agent rows.
+    recorder_enabled: bool = True
     recorder_spool_dir: str | None = None
     recorder_queue_size: int = 10_000
     recorder_batch_size: int = 500
@@ -243,6 +244,7 @@ _KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "UPSTREAM_IDLE_TIMEOUT_SECONDS": ("upstream_idle_timeout", _positive_float("timeout", 0.01)),
     "UPSTREAM_MAX_CONNECTIONS_PER_HOST": ("upstream_max_connections_per_host", _bounded_int(1, 1_000_000)),
     "UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS": ("upstream_keepalive_timeout", _positive_float("timeout", 0.1)),
+    "RECORDER_ENABLED": ("recorder_enabled", _boolean),
     "RECORDER_QUEUE_SIZE": ("recorder_queue_size", _bounded_int(1, 10_000_000)),
     "RECORDER_BATCH_SIZE": ("recorder_batch_size", _bounded_int(1, 10_000)),
     "RECORDER_FLUSH_INTERVAL_SECONDS": ("recorder_flush_interval", _positive_float("interval", 0.01)),

@@ -32,6 +32,7 @@ from smoltbot.kv import make_kv
 from smoltbot.license import LicenseMonitor
 from smoltbot.metrics import Metrics
 from smoltbot.proxy import ProviderProxy
+from smoltbot.recording import RequestRecording
 from smoltbot.recorder import Recorder, Worker, WorkerThread
 from smoltbot.records import new_instance_id
 from smoltbot.spool import Spool
@@ -115,7 +116,7 @@ class GatewayService(MultiService):
         self.instance_id = new_instance_id()
         self.agents: AgentRegistry | None = None
         self.recorder: Recorder | None = None
-        if config.runs_gateway:  # after the database: they stop (and write what they hold) before it closes
+        if config.runs_gateway and config.recorder_enabled:  # after the database: they stop (and write what they hold) before it closes
             self.agents = AgentRegistry(
                 self.database,
                 clock=reactor,
@@ -197,7 +198,16 @@ class GatewayService(MultiService):
         )
         self.proxy: ProviderProxy | None = None
         if config.runs_gateway:
-            self.proxy = ProviderProxy.from_config(config, reactor, self.metrics)
+            recording = None
+            if self.recorder is not None and self.agents is not None:
+                recording = RequestRecording(
+                    recorder=self.recorder,
+                    agents=self.agents,
+                    metrics=self.metrics,
+                    gateway_version=config.gateway_version,
+                    instance_id=self.instance_id,
+                )
+            self.proxy = ProviderProxy.from_config(config, reactor, self.metrics, observe=recording)
         self.site = GatewaySite(
             build_root(self.ops, self._provider_resources()), reactor, max_request_body_bytes=config.max_request_body_bytes
         )
