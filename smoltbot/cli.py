@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from smoltbot import __version__
 
 
-def _config_or_exit(write_error: Callable[[str], None], *, required: bool = True) -> Any:
+def _config_or_exit(write_error: Callable[[str], None]) -> Any:
     from smoltbot.config import ConfigError, config_from_environment
 
     try:
@@ -44,60 +44,39 @@ def _react(main: Callable[..., Any], *args: Any) -> int:
     return code[0]
 
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    from smoltbot.migrations import migrate_command
-
+def _database_command(command: Callable[..., Any], **options: Any) -> int:
+    """Run one of the commands that read or change the database, with the daemon's DSN and timeouts."""
     config = _config_or_exit(_stderr)
 
     async def main(reactor: Any) -> int:
-        return await migrate_command(
+        return await command(
             reactor,
             config.database_url,
-            status_only=args.status,
             write=_stdout,
             connect_timeout=config.database_connect_timeout,
             query_timeout=config.database_query_timeout,
+            **options,
         )
 
     return _react(main)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from smoltbot.migrations import migrate_command
+
+    return _database_command(migrate_command, status_only=args.status)
 
 
 def _cmd_agents(args: argparse.Namespace) -> int:
     from smoltbot.reports import agents_command
 
-    config = _config_or_exit(_stderr)
-
-    async def main(reactor: Any) -> int:
-        return await agents_command(
-            reactor,
-            config.database_url,
-            as_json=args.json,
-            write=_stdout,
-            connect_timeout=config.database_connect_timeout,
-            query_timeout=config.database_query_timeout,
-        )
-
-    return _react(main)
+    return _database_command(agents_command, as_json=args.json)
 
 
 def _cmd_requests(args: argparse.Namespace) -> int:
     from smoltbot.reports import requests_command
 
-    config = _config_or_exit(_stderr)
-
-    async def main(reactor: Any) -> int:
-        return await requests_command(
-            reactor,
-            config.database_url,
-            agent=args.agent,
-            limit=args.limit,
-            as_json=args.json,
-            write=_stdout,
-            connect_timeout=config.database_connect_timeout,
-            query_timeout=config.database_query_timeout,
-        )
-
-    return _react(main)
+    return _database_command(requests_command, agent=args.agent, limit=args.limit, as_json=args.json)
 
 
 def _positive_int(raw: str) -> int:
