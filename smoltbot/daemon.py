@@ -113,6 +113,8 @@ class GatewayService(MultiService):
             query_timeout=config.database_query_timeout,
         )
         self.database.setServiceParent(self)
+        self.metrics.database_connections.set_function(lambda: self.database.connections_up)
+        self.metrics.database_calls_waiting.set_function(lambda: self.database.waiting)
         self.instance_id = new_instance_id()
         self.agents: AgentRegistry | None = None
         self.recorder: Recorder | None = None
@@ -127,6 +129,7 @@ class GatewayService(MultiService):
                 write_timeout=config.recorder_write_timeout,
             )
             self.agents.setServiceParent(self)
+            self.metrics.agent_sightings_pending.set_function(lambda: self.agents.pending)
             self.recorder = Recorder(
                 self.database,
                 Spool(config.spool_dir, segment_bytes=config.recorder_spool_segment_bytes),

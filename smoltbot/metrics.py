@@ -117,6 +117,15 @@ class Metrics:
         self.health_check_latency = Gauge(
             "gateway_health_check_latency_seconds", "Latency of the latest readiness probe.", ["check"], registry=r
         )
+        self.database_connections = Gauge(
+            "gateway_database_connections", "PostgreSQL connections of the pool that are open.", registry=r
+        )
+        self.database_calls_waiting = Gauge(
+            "gateway_database_calls_waiting", "Database calls queued for a free pool connection (bounded).", registry=r
+        )
+        self.agent_sightings_pending = Gauge(
+            "gateway_agent_sightings_pending", "Agent inserts and last_seen updates waiting to be written (bounded).", registry=r
+        )
         self.heartbeats = Counter("gateway_heartbeats", "Heartbeats sent, by result.", ["result"], registry=r)
 
     def render(self, accept_header: str | None) -> tuple[bytes, str]:

@@ -93,6 +93,8 @@ class WebTests(TestCase):
             "gateway_traces_written_total",
             "gateway_traces_dropped_total",
             "gateway_tokens_total",
+            "gateway_database_connections",
+            "gateway_database_calls_waiting",
             "process_resident_memory_bytes",
             "python_info",
         ):
