@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition as {name with its labels: value}."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, name: str) -> None:
@@ -57,6 +68,11 @@ class Process:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
         return 0
+
+    def metrics(self) -> dict[str, float]:
+        """The process's `/metrics` (Prometheus text), as {name with its labels: value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
+            return parse_metrics(response.read().decode())
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; waits for the exit either way."""
