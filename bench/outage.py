@@ -11,7 +11,7 @@ phases: a 5 s warm-up, 20 s before, 60 s during which the relay cuts every Postg
 and refuses new ones, 40 s after. Every second it samples the gateway's RSS, the recorder's
 metrics (`/metrics`) and `/health/ready`. Then it waits (at most 120 s) for the spool to drain,
 stops the gateway with SIGTERM (which flushes its queue) and compares the request ids the gateway
-returned with the rows of request_records.
+returned with the rows of request_records (and counts the agent rows).
 
 It reports per phase: requests sent, failed, skipped and their latency, RSS min/median/max, queue
 and spool peaks, records written, readiness; then the spool's peak, how long it took to drain once
@@ -275,7 +275,7 @@ def _log_lines(log: Path) -> dict[str, Counter[str]]:
 
 
 def _verify(url: str, load: Load, spool_dir: Path) -> dict[str, Any]:
-    """Compare the request ids the gateway returned with the rows of request_records."""
+    """Compare the request ids the gateway returned with the rows of request_records; count the agent rows."""
     rows = [request_id for (request_id,) in query(url, "SELECT request_id FROM request_records")]
     stored, returned = set(rows), set(load.request_ids)
     return {
@@ -284,6 +284,7 @@ def _verify(url: str, load: Load, spool_dir: Path) -> dict[str, Any]:
         "extra": len(stored - returned),
         "duplicate_rows": len(rows) - len(stored),
         "duplicate_ids": len(load.request_ids) - len(returned),
+        "agents": query(url, "SELECT count(*) FROM agents")[0][0],
         "spool_left": sum(path.stat().st_size for path in spool_dir.glob("*")) if spool_dir.exists() else 0,
     }
 
@@ -357,7 +358,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], checks: dict[str, A
         f"request_records: {checks['rows']} rows for {len(load.request_ids)} request ids returned: {checks['missing']} missing, {checks['extra']} extra, "
         f"{checks['duplicate_rows']} duplicate rows, {checks['duplicate_ids']} ids returned twice; spool left after stop: {checks['spool_left']} bytes"
     )
-    print(f"gateway_traces_dropped_total: {result['dropped']:.0f}")
+    print(f"agents: {checks['agents']} rows for {AGENTS} agent keys; gateway_traces_dropped_total: {result['dropped']:.0f}")
     logs = _log_lines(out / "gateway.log")
     for level in ("warn", "error"):
         print(f"gateway log, {level} lines: {sum(logs[level].values())}")
@@ -368,6 +369,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], checks: dict[str, A
         "no skipped request": skipped == 0,
         "rows = requests sent": checks["rows"] == sent == len(load.request_ids),
         "no missing, extra or duplicate row": not (checks["missing"] or checks["extra"] or checks["duplicate_rows"] or checks["duplicate_ids"]),
+        "one row per agent": checks["agents"] == AGENTS,
         "no drop": result["dropped"] == 0,
         "spool drained": drained is not None and checks["spool_left"] == 0,
     }
@@ -381,7 +383,7 @@ def _seconds(value: float | None) -> str:
 
 def main() -> int:
     """Run the benchmark (see the module docstring); 0 when every check passed."""
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.outage", description="The gateway through a PostgreSQL outage under steady load.")
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
     parser.add_argument("--before", type=float, default=20.0, help="seconds of load before the outage (default 20)")
     parser.add_argument("--outage", type=float, default=60.0, help="seconds without PostgreSQL (default 60)")
