@@ -17,7 +17,8 @@ time per request (utime+stime from /proc), its peak RSS and its RSS per held str
 BENCH_RECORDING=on|off|both (default both) chooses the gateways: one with RECORDER_ENABLED=true,
 one with false, or both side by side. Workloads 1 and 2 run through each, so the CPU cost of
 recording shows; with recording on, the request_records rows written during each run are counted
-once the recorder has flushed, against the requests wrk completed. Workloads 3 and 4 use the
+once the recorder has flushed, and compared with the requests the gateway served (exactly) and
+those wrk completed (wrk abandons up to one per connection when it stops). Workloads 3 and 4 use the
 recording gateway when there is one. The database, the gateways' state folders and every process
 go at the end. Bounded: about two minutes.
 """

@@ -243,12 +243,12 @@ async def _measure(args: argparse.Namespace, gateway: Process, relay: Relay) -> 
             elif name == "after":
                 relay.restore()
             await asyncio.sleep(max(0.0, start + marks[name] + seconds - loop.time()))
-            if sampling.done():
-                await sampling  # raises why it stopped
         await driving
         load.phase, marks["drain"] = "drain", loop.time() - start
         deadline = loop.time() + args.drain_timeout
         while loop.time() < deadline:
+            if sampling.done():
+                await sampling  # raises why sampling stopped
             last = sampler.samples[-1]
             if last.t > marks["drain"] and last.spool_bytes == last.queue == 0:
                 break
@@ -290,6 +290,7 @@ def _verify(url: str, load: Load, spool_dir: Path) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, url: str, fake: Process, state: Path, out: Path, cleanup: ExitStack) -> dict[str, Any]:
+    """Start the relay and the gateway behind it, measure, then stop the gateway while the relay still relays its flush."""
     parts = urlsplit(url)
     relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
     port = await relay.start()
