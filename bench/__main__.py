@@ -1,9 +1,10 @@
 """
 The proxy benchmark: `python -m bench` (or `bench/run.sh`) from the project root.
 
-It starts two identical fake providers and the gateway (`twistd -n smoltbot`, pointed at one
-of them) as separate processes on loopback, checks that the gateway changes no byte, then runs
-each workload through the gateway and directly against the other fake provider:
+It creates a private, migrated database (`bench.database`), starts two identical fake providers
+and the gateway (`twistd -n smoltbot`, pointed at one of them and at that database) as separate
+processes on loopback, checks that the gateway changes no byte, then runs each workload through
+the gateway and directly against the other fake provider:
 
   1. 1 KB non-streaming POST, 32 connections (wrk)
   2. 50-event SSE stream, 32 connections (wrk)
@@ -11,8 +12,15 @@ each workload through the gateway and directly against the other fake provider:
   4. 1,000 slow streams held open at once: memory per stream (bench.streams)
 
 and reports requests/s, latency p50/p99 and what the gateway adds to them, the gateway's CPU
-time per request (utime+stime from /proc), its peak RSS and its RSS per held stream. Bounded:
-about two minutes.
+time per request (utime+stime from /proc), its peak RSS and its RSS per held stream.
+
+BENCH_RECORDING=on|off|both (default both) chooses the gateways: one with RECORDER_ENABLED=true,
+one with false, or both side by side. Workloads 1 and 2 run through each, so the CPU cost of
+recording shows; with recording on, the request_records rows written during each run are counted
+once the recorder has flushed, and compared with the requests the gateway served (exactly) and
+those wrk completed (wrk abandons up to one per connection when it stops). Workloads 3 and 4 use the
+recording gateway when there is one. The database, the gateways' state folders and every process
+go at the end. Bounded: about two minutes.
 """
 
 from __future__ import annotations
@@ -22,21 +30,21 @@ import json
 import os
 import resource
 import shutil
-import socket
+import signal
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.database import private_database, query
+from bench.processes import Process, start_fake, start_gateway
 from bench.streams import hold, request_bytes, steady_ttfe
 
-ROOT = Path(__file__).resolve().parent.parent
 DURATION = float(os.environ.get("BENCH_SECONDS", "10"))
 HELD_STREAMS = int(os.environ.get("BENCH_HELD_STREAMS", "1000"))
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+RECORDING = {"on": ("on",), "off": ("off",), "both": ("on", "off")}
 HEADERS = {"x-api-key": "sk-bench-0000", "anthropic-version": "2023-06-01", "content-type": "application/json"}
 
 
@@ -46,88 +54,6 @@ def _message(stream: bool, size: int = 0) -> bytes:
     if size:
         body["messages"][0]["content"] = "x" * (size - len(json.dumps(body, separators=(",", ":"))))
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, name: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited with status {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{name} did not listen on port {port}")
-
-
-@dataclass
-class Process:
-    """A server process of the benchmark, with its CPU time and memory read from /proc."""
-
-    name: str
-    popen: subprocess.Popen
-    port: int
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-    def memory_kb(self, key: str) -> int:
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-
-
-def start_fake(name: str) -> Process:
-    """A fake provider in its own process."""
-    port = _free_port()
-    code = "import sys; from smoltbot.fakeprovider import main; main(sys.argv[1:])"
-    popen = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL
-    )
-    _wait_for_port(port, popen, name)
-    return Process(name, popen, port)
-
-
-def start_gateway(upstream: Process, log: Path) -> Process:
-    """The gateway as operators run it: `twistd -n smoltbot`, configured by environment variables."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{upstream.port}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": "postgresql://postgres@127.0.0.1/postgres",
-        "AIP_ENABLED": "false",
-        "HEARTBEAT_URL": "",
-        "SMOLTBOT_ROLE": "gateway",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "info",
-        "SMOLTBOT_STATE_DIR": tempfile.mkdtemp(prefix="smoltbot-bench-"),
-        "ANTHROPIC_UPSTREAM_URL": base,
-        "OPENAI_UPSTREAM_URL": base,
-        "GEMINI_UPSTREAM_URL": base,
-    }
-    code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-    popen = subprocess.Popen(
-        [sys.executable, "-c", code, "-n", "--pidfile=", "smoltbot"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-    _wait_for_port(port, popen, "gateway")
-    return Process("gateway", popen, port)
 
 
 def ensure_wrk() -> str:
@@ -210,31 +136,75 @@ def check_bytes(direct: Process, gateway: Process) -> str:
     return f"{checked}/{len(cases)} identical (JSON and SSE, 3 providers)"
 
 
-def run_wrk_workload(wrk: str, name: str, body: bytes, headers: dict[str, str], direct: Process, gateway: Process) -> dict[str, Any]:
-    """Warm up, then measure through the gateway (with its CPU time) and directly."""
+def settled_records(url: str, gateway: Process) -> tuple[int, int, float]:
+    """
+    Rows in request_records and requests the gateway has served (`gateway_requests_total`), once
+    none is in flight and the recorder has caught up (rows = served), or after 30 s; and how long
+    that took.
+    """
+    started = time.monotonic()
+    while True:
+        metrics = gateway.metrics()
+        served = sum(v for k, v in metrics.items() if k.startswith("gateway_requests_total{"))
+        in_flight = sum(v for k, v in metrics.items() if k.startswith("gateway_requests_in_flight{"))
+        rows = query(url, "SELECT count(*) FROM request_records")[0][0]
+        if (rows == served and not in_flight) or time.monotonic() - started > 30:
+            return rows, int(served), time.monotonic() - started
+        time.sleep(0.1)
+
+
+def run_wrk_workload(
+    wrk: str, name: str, body: bytes, headers: dict[str, str], direct: Process, gateways: dict[str, Process], url: str
+) -> dict[str, Any]:
+    """
+    Warm up, then measure through each gateway (with its CPU time, and with recording on the rows
+    it wrote during the run) and directly.
+    """
     path = "/v1/messages"
-    gateway_url = f"http://127.0.0.1:{gateway.port}/anthropic{path}"
+    result: dict[str, Any] = {"name": name}
+    for mode, gateway in gateways.items():
+        gateway_url = f"http://127.0.0.1:{gateway.port}/anthropic{path}"
+        wrk_run(wrk, gateway_url, body, headers, 32, 2)
+        before = settled_records(url, gateway) if mode == "on" else None
+        cpu = gateway.cpu_seconds()
+        through = wrk_run(wrk, gateway_url, body, headers, 32, DURATION)
+        if before is not None:  # the CPU time includes the flush of the run's last records
+            rows, served, waited = settled_records(url, gateway)
+            through.update(rows=rows - before[0], served=served - before[1], flushed_after=waited)
+        through["cpu_ms_per_request"] = (gateway.cpu_seconds() - cpu) * 1000 / max(through["requests"], 1)
+        result[mode] = through
     direct_url = f"http://127.0.0.1:{direct.port}{path}"
-    wrk_run(wrk, gateway_url, body, headers, 32, 2)
-    cpu = gateway.cpu_seconds()
-    through = wrk_run(wrk, gateway_url, body, headers, 32, DURATION)
-    through["cpu_ms_per_request"] = (gateway.cpu_seconds() - cpu) * 1000 / max(through["requests"], 1)
     wrk_run(wrk, direct_url, body, headers, 32, 2)
-    plain = wrk_run(wrk, direct_url, body, headers, 32, DURATION)
-    return {"name": name, "gateway": through, "direct": plain}
+    result["direct"] = wrk_run(wrk, direct_url, body, headers, 32, DURATION)
+    return result
 
 
 def main() -> None:
+    """Run the benchmark (see the module docstring) and print its report."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a TERM cleans up like Ctrl-C
+    choice = os.environ.get("BENCH_RECORDING", "both")
+    if choice not in RECORDING:
+        raise SystemExit(f"BENCH_RECORDING must be one of {', '.join(RECORDING)}, not {choice!r}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     wrk = ensure_wrk()
     out = Path(tempfile.mkdtemp(prefix="smoltbot-bench-"))
-    direct = start_fake("fake provider (direct)")
-    behind = start_fake("fake provider (behind the gateway)")
-    gateway = start_gateway(behind, out / "gateway.log")
-    processes = [gateway, direct, behind]
     report: dict[str, Any] = {"cpus": os.cpu_count(), "open_files_limit": hard}
-    try:
+    with ExitStack() as cleanup:
+        url = cleanup.enter_context(private_database("proxy"))
+        direct = start_fake("fake provider (direct)")
+        cleanup.callback(direct.stop)
+        behind = start_fake("fake provider (behind the gateway)")
+        cleanup.callback(behind.stop)
+        gateways: dict[str, Process] = {}
+        for mode in RECORDING[choice]:
+            state = out / f"state-{mode}"
+            state.mkdir()
+            cleanup.callback(shutil.rmtree, state, True)
+            enabled = "true" if mode == "on" else "false"
+            gateways[mode] = start_gateway(behind, out / f"gateway-{mode}.log", url, state, RECORDER_ENABLED=enabled)
+            cleanup.callback(gateways[mode].stop)
+        gateway = next(iter(gateways.values()))
         report["bytes"] = check_bytes(direct, gateway)
 
         # 4 first, on a fresh gateway (after a short warm-up), so freed memory is not reused.
@@ -253,8 +223,9 @@ def main() -> None:
             held[target.name + " streams"] = count
         report["held"] = held
 
-        report["json"] = run_wrk_workload(wrk, "1 KB JSON POST, 32 connections", _message(False, 1024), {**HEADERS, "x-fake-events": "8"}, direct, gateway)
-        report["sse"] = run_wrk_workload(wrk, "50-event SSE, 32 connections", _message(True), {**HEADERS, "x-fake-events": "50"}, direct, gateway)
+        json_headers, sse_headers = {**HEADERS, "x-fake-events": "8"}, {**HEADERS, "x-fake-events": "50"}
+        report["json"] = run_wrk_workload(wrk, "1 KB JSON POST, 32 connections", _message(False, 1024), json_headers, direct, gateways, url)
+        report["sse"] = run_wrk_workload(wrk, "50-event SSE, 32 connections", _message(True), sse_headers, direct, gateways, url)
 
         stream = request_bytes("/v1/messages", {**HEADERS, "x-fake-events": "10", "x-fake-delay-ms": "100"}, _message(True))
         ttfe: dict[str, Any] = {}
@@ -265,40 +236,59 @@ def main() -> None:
         ttfe.update(gateway=through, direct=plain)
         report["ttfe"] = ttfe
         report["peak_rss_kb"] = gateway.memory_kb("VmHWM")
-    finally:
-        for process in processes:
-            process.stop()
-    print_report(report, out)
+        report["gateway"] = f"recording {next(iter(gateways))}"
+    print_report(report, out, tuple(gateways))
 
 
-def print_report(report: dict[str, Any], out: Path) -> None:
-    print(f"smoltbot proxy benchmark: {report['cpus']} CPUs, open files limit {report['open_files_limit']}, gateway log {out}/gateway.log")
+def print_report(report: dict[str, Any], out: Path, modes: tuple[str, ...]) -> None:
+    """Print the benchmark's figures as tables."""
+    logs = ", ".join(f"gateway-{mode}.log" for mode in modes)
+    print(f"smoltbot proxy benchmark: {report['cpus']} CPUs, open files limit {report['open_files_limit']}, logs in {out}: {logs}")
     print(f"bytes changed by the gateway: {report['bytes']}")
     print()
-    print(f"{'workload':<34}{'target':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'gw CPU ms/req':>15}")
+    print(f"{'workload':<32}{'target':<18}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'+p50 ms':>9}{'+p99 ms':>9}{'errors':>8}{'CPU ms/req':>12}")
     for key in ("json", "sse"):
         run = report[key]
-        for target in ("direct", "gateway"):
+        d = run["direct"]
+        for target in ("direct", *modes):
             r = run[target]
-            cpu = f"{r['cpu_ms_per_request']:.3f}" if target == "gateway" else ""
-            errors = r["errors"] + r["non2xx"]
-            print(f"{run['name']:<34}{target:<9}{r['rps']:>9.0f}{r['p50'] / 1000:>9.2f}{r['p99'] / 1000:>9.2f}{errors:>8}{cpu:>15}")
-        g, d = run["gateway"], run["direct"]
-        print(f"{'':<34}{'added':<9}{'':>9}{(g['p50'] - d['p50']) / 1000:>9.2f}{(g['p99'] - d['p99']) / 1000:>9.2f}")
+            label = "direct" if target == "direct" else f"gateway, rec {target}"
+            added = "" if target == "direct" else f"{(r['p50'] - d['p50']) / 1000:>9.2f}{(r['p99'] - d['p99']) / 1000:>9.2f}"
+            cpu = f"{r['cpu_ms_per_request']:>12.3f}" if target != "direct" else ""
+            name = run["name"] if target == "direct" else ""
+            print(f"{name:<32}{label:<18}{r['rps']:>7.0f}{r['p50'] / 1000:>8.2f}{r['p99'] / 1000:>8.2f}{added or ' ' * 18}{r['errors'] + r['non2xx']:>8}{cpu}")
+    if "on" in modes:
+        print()
+        print("request_records rows written during each recording-on run, against the requests the gateway served")
+        print("(gateway_requests_total) and those wrk completed (it abandons up to one in flight per connection when it stops):")
+        for key in ("json", "sse"):
+            r = report[key]["on"]
+            verdict = "equal" if r["rows"] == r["served"] else f"DIFFERENT by {r['rows'] - r['served']:+d}"
+            in_flight = r["served"] - r["requests"]
+            wrk_check = "ok" if 0 <= in_flight <= 32 else "UNEXPECTED"
+            print(
+                f"  {report[key]['name']:<32} {r['rows']} rows, {r['served']} served ({verdict}), flushed {r['flushed_after']:.1f} s after the run; "
+                f"wrk completed {r['requests']} + {in_flight} in flight at its stop ({wrk_check})"
+            )
+    if modes == ("on", "off"):
+        costs = ", ".join(
+            f"{report[key]['on']['cpu_ms_per_request'] - report[key]['off']['cpu_ms_per_request']:+.3f} ms ({key.upper()})" for key in ("json", "sse")
+        )
+        print(f"gateway CPU per request, recording on minus off: {costs}")
     t = report["ttfe"]
     g50, g99, d50, d99 = (percentile(t[k], q) * 1000 for k, q in (("gateway", 50), ("gateway", 99), ("direct", 50), ("direct", 99)))
     print()
-    print(f"256 concurrent 1 s streams, time to first event ({len(t['gateway'])} gateway / {len(t['direct'])} direct streams):")
+    print(f"256 concurrent 1 s streams, time to first event ({len(t['gateway'])} gateway / {len(t['direct'])} direct streams), gateway {report['gateway']}:")
     print(f"  direct  p50 {d50:.2f} ms  p99 {d99:.2f} ms")
     print(f"  gateway p50 {g50:.2f} ms  p99 {g99:.2f} ms   added p50 {g50 - d50:.2f} ms  p99 {g99 - d99:.2f} ms")
     print(f"  gateway CPU per 1 s stream (10 events): {t['gateway_cpu_ms_per_stream']:.3f} ms")
     h = report["held"]
     print()
-    print(f"{HELD_STREAMS} slow streams held at once:")
+    print(f"{HELD_STREAMS} slow streams held at once, gateway {report['gateway']}:")
     for name in ("gateway", "fake provider (direct)"):
         print(f"  {name:<24} {h[name + ' streams']} held, RSS {h[name] / 1024:.1f} MB, {h[name + ' per stream']:.1f} KB per held stream")
     print()
-    print(f"gateway peak RSS (VmHWM): {report['peak_rss_kb'] / 1024:.1f} MB")
+    print(f"gateway peak RSS (VmHWM), {report['gateway']}: {report['peak_rss_kb'] / 1024:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -3,17 +3,15 @@ How many request records a second the recorder sustains, on this machine's Postg
 
     python -m bench.recorder [--records 50000] [--batch-size 500]      (from the project root)
 
-Creates a private database (dropped at the end) through SMOLTBOT_BENCH_ADMIN_DSN (default: the
-local server as `postgres`), applies the migrations, and measures three paths of one Recorder
-with its real worker thread: live writes into PostgreSQL (records fed as fast as the queue drains,
-without overflowing it), writes into the spool while PostgreSQL is unreachable, and the replay
-of that spool into PostgreSQL. Prints records/second and the process CPU per record of each.
+Creates a private, migrated database (`bench.database`, dropped at the end) and measures three
+paths of one Recorder with its real worker thread: live writes into PostgreSQL (records fed as
+fast as the queue drains, without overflowing it), writes into the spool while PostgreSQL is
+unreachable, and the replay of that spool into PostgreSQL. Prints records/second and the process CPU per record of each.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import tempfile
@@ -21,27 +19,14 @@ import time
 import uuid
 from typing import Any, Callable
 
-import psycopg2
 from twisted.internet import defer, task
 
+from bench.database import private_database
 from smoltbot.database import Database
 from smoltbot.metrics import Metrics
-from smoltbot.migrations import apply_pending, discover, migrations_dir
 from smoltbot.recorder import Recorder, WorkerThread
 from smoltbot.records import RequestRecord
 from smoltbot.spool import Spool
-
-ADMIN_DSN = os.environ.get("SMOLTBOT_BENCH_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-
-
-def _admin(statement: str) -> None:
-    connection = psycopg2.connect(ADMIN_DSN)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
 
 
 def _records(count: int, tag: str) -> list[RequestRecord]:
@@ -154,26 +139,15 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
-    name = f"smoltbot_bench_{os.getpid()}"
-    _admin(f'CREATE DATABASE "{name}"')
     spool_dir = tempfile.mkdtemp(prefix="smoltbot-bench-spool-")
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
     try:
-        async def run(reactor: Any) -> None:
-            db = Database(dsn, reactor=reactor, pool_size=1)
-            db.startService()
-            await db.when_connected()
-            await apply_pending(db, discover(migrations_dir()), lambda line: None)
-            await db.stopService()
+        with private_database("recorder") as dsn:
             print(f"{args.records} records, batches of {args.batch_size}, PostgreSQL at 127.0.0.1:5432, spool in {spool_dir}")
-            await _run(reactor, args.records, args.batch_size, dsn, spool_dir)
-
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+            task.react(lambda reactor: defer.ensureDeferred(_run(reactor, args.records, args.batch_size, dsn, spool_dir)))
     except SystemExit as exit:
         return int(exit.code or 0)
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 
