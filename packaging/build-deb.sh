@@ -7,16 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-dist/deb}")
 
-deps=(build-essential debhelper dh-virtualenv python3-venv fakeroot)
-missing=()
-for p in "${deps[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing build dependencies: ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+packaging/apt-ensure.sh build-essential debhelper dh-virtualenv python3-venv fakeroot
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/smoltbot-deb.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT

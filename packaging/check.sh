@@ -8,14 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 t0=$(date +%s)
-missing=()
-for p in lintian systemd man-db; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+packaging/apt-ensure.sh lintian systemd man-db
 
 if [ "$#" -ge 1 ]; then
   deb=$(realpath "$1")

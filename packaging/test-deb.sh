@@ -24,14 +24,7 @@ t_start=$(date +%s)
 
 if [ "$(id -u)" -ne 0 ]; then echo "test-deb.sh needs root (debootstrap, chroot)" >&2; exit 1; fi
 
-missing=()
-for p in debootstrap postgresql-client python3; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+packaging/apt-ensure.sh debootstrap postgresql-client python3
 
 if [ "$#" -ge 1 ]; then
   deb=$(realpath "$1")

@@ -2,7 +2,7 @@
 One proxied request as the proxy saw it (`Exchange`), and the hook through which other parts
 of the gateway watch it (`ExchangeObserver`) without the relay knowing about them.
 
-The request recorder and the stream parsers (later issues) attach here: an observer factory
+The request recorder and the response extractors attach here: an observer factory
 is called once per request with its `Exchange` and request body, and the observer it returns
 (or None, which costs nothing) sees the response headers, every response chunk, and the end.
 """
