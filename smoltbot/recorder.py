@@ -302,8 +302,12 @@ class Recorder(PeriodicService):
         return batch
 
     async def _flush(self, batch: list[RequestRecord]) -> None:
-        if not (self._database_usable() and await self._insert(batch, "record_flush")):
-            await self._to_spool(batch)
+        if self._database_usable():
+            if await self._insert(batch, "record_flush"):
+                return
+        elif not self._database.connected:
+            self._spooling(getattr(self._database, "last_error", None) or "no database connection")
+        await self._to_spool(batch)
 
     async def _replay(self) -> None:
         try:
@@ -386,6 +390,10 @@ class Recorder(PeriodicService):
         if self._database.connected:  # a failure that cost time: back off before the next attempt
             self._retry_at = self._clock.seconds() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
+        self._spooling(reason)
+
+    def _spooling(self, reason: str) -> None:
+        """PostgreSQL cannot take records: note it (a warning, rate-limited) until a write succeeds again."""
         self._db_failing = True
         if (held := self._throttle.allow("database")) is not None:
             self.log.warn("PostgreSQL cannot take request records, spooling: {error}", error=reason, suppressed=held)

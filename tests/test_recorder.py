@@ -132,6 +132,8 @@ class RecorderTests(SynchronousTestCase):
         self.assertEqual(recorder.spool_backlog.spool_bytes, 0)
         self.assertEqual(sample(self.metrics, "gateway_traces_dropped_total"), 0)
         self.assertEqual(sample(self.metrics, "gateway_background_tasks_total", task="spool_replay"), 3)
+        self.assertEqual(self.messages("warn"), ["PostgreSQL cannot take request records, spooling: no database connection"])
+        self.assertEqual(self.messages("info").count("PostgreSQL takes request records again"), 1)
         self.stop(recorder)
 
     def test_failures_back_off(self) -> None:
