@@ -3,7 +3,7 @@ Micro-benchmark of response extraction: the CPU one response costs the relay, pe
 
 Each case feeds the fake provider's answer (50 text events, with thinking and a tool call) to
 a fresh extractor the way the proxy relays it, one SSE event per chunk, then finishes it.
-Run: python bench/extract_bench.py [--number N] [--repeat R]
+Run: python -m bench.extract_bench [--number N] [--repeat R]   (from the project root)
 """
 
 from __future__ import annotations

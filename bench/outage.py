@@ -300,11 +300,10 @@ async def _run(args: argparse.Namespace, url: str, fake: Process, state: Path, o
         cleanup.callback(gateway.stop)
         await _ready(gateway)
         result = await _measure(args, gateway, relay)
-        result["final"] = final = (await http(gateway.port, _get("/metrics")))[2].decode()
-        result["rss_peak_kb"] = gateway.memory_kb("VmHWM")
+        final = parse_metrics((await http(gateway.port, _get("/metrics")))[2].decode())
+        result.update(dropped=final["gateway_traces_dropped_total"], rss_peak_kb=gateway.memory_kb("VmHWM"))
         await asyncio.to_thread(gateway.stop)  # SIGTERM: the recorder flushes its queue, through the relay
         result["exit_status"] = gateway.popen.returncode
-        result["dropped"] = parse_metrics(final)["gateway_traces_dropped_total"]
     finally:
         await relay.close()
     return result
