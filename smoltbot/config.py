@@ -117,11 +117,6 @@ class Config:
         return self.role in ("gateway", "all")
 
     @property
-    def runs_scheduler(self) -> bool:
-        """Whether this process runs background jobs."""
-        return self.role in ("scheduler", "all")
-
-    @property
     def service_name(self) -> str:
         """The `service` field of every log line."""
         return "smoltbot-scheduler" if self.role == "scheduler" else "smoltbot-gateway"

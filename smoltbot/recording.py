@@ -21,6 +21,19 @@ from smoltbot.proxy.exchange import OK, Exchange
 from smoltbot.recorder import Recorder
 from smoltbot.records import RequestRecord
 
+# What a response's extract contributes to its record.
+_RESPONSE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "stop_reason",
+    "tool_calls",
+    "thinking_present",
+    "thinking_sha256",
+)
+
 _TOKEN_KINDS = (
     ("input", "input_tokens"),
     ("output", "output_tokens"),
@@ -112,20 +125,10 @@ class RequestRecording:
         identity = exchange.identity
         if identity is not None:
             self._agents.seen(identity.agent_id, identity.agent_hash, exchange.started)
-        usage: dict[str, Any] = {}
+        response: dict[str, Any] = {"model": model}
         if extract is not None:
-            usage = {
-                "model": extract.model or model,
-                "input_tokens": extract.input_tokens,
-                "output_tokens": extract.output_tokens,
-                "cache_read_tokens": extract.cache_read_tokens,
-                "cache_creation_tokens": extract.cache_creation_tokens,
-                "reasoning_tokens": extract.reasoning_tokens,
-                "stop_reason": extract.stop_reason,
-                "tool_calls": extract.tool_calls,
-                "thinking_present": extract.thinking_present,
-                "thinking_sha256": extract.thinking_sha256,
-            }
+            response = {field: getattr(extract, field) for field in _RESPONSE_FIELDS}
+            response["model"] = extract.model or model
             self._count_tokens(exchange.provider, extract)
         ttfb, duration = exchange.ttfb, exchange.duration
         self._recorder.record(
@@ -146,7 +149,7 @@ class RequestRecording:
                 gateway_version=self._gateway_version,
                 instance_id=self._instance_id,
                 created_at=exchange.started,
-                **{"model": model, **usage},
+                **response,
             )
         )
 

@@ -27,7 +27,6 @@ from smoltbot.logs import format_timestamp
 from smoltbot.metrics import Metrics
 from smoltbot.models import KNOWN_MODELS
 
-PROVIDERS = ("anthropic", "openai", "gemini")
 DEFAULT_MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
 
 _REQUEST_ID = re.compile(

@@ -141,7 +141,6 @@ class DefaultsAndOverridesTests(SynchronousTestCase):
         config = load_config(env(PORT="9000", SMOLTBOT_ROLE="gateway"), {"port": "9100", "role": "scheduler", "host": "127.0.0.1"})
         self.assertEqual((config.port, config.role, config.host), (9100, "scheduler", "127.0.0.1"))
         self.assertFalse(config.runs_gateway)
-        self.assertTrue(config.runs_scheduler)
 
     def test_invalid_override_named_by_variable(self):
         """A bad --port is reported against PORT."""
