@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 VERSION = re.search(r'__version__ = "([^"]+)"', Path("smoltbot/__init__.py").read_text()).group(1)
 
@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=["smoltbot", "smoltbot.extract", "smoltbot.fakeprovider", "smoltbot.proxy", "smoltbot.sql", "twisted.plugins"],
+    packages=[*find_packages(include=["smoltbot", "smoltbot.*"]), "smoltbot.sql", "twisted.plugins"],
     package_dir={"smoltbot.sql": "sql"},
     package_data={"smoltbot.sql": ["*.sql"]},
     install_requires=[

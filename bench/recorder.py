@@ -22,11 +22,11 @@ from typing import Any, Callable
 from twisted.internet import defer, task
 
 from bench.database import private_database
-from smoltbot.database import Database
+from smoltbot.store.pool import Database
 from smoltbot.metrics import Metrics
-from smoltbot.recorder import Recorder, WorkerThread
-from smoltbot.records import RequestRecord
-from smoltbot.spool import Spool
+from smoltbot.records.writer import Recorder, WorkerThread
+from smoltbot.records.row import RequestRecord
+from smoltbot.records.spool import Spool
 
 
 def _records(count: int, tag: str) -> list[RequestRecord]:

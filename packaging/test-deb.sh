@@ -167,15 +167,15 @@ check "smoltbot --version: $version" grep -q "^smoltbot $(dpkg-deb -f "$deb" Ver
 # What the daemon modules need that main may not have yet (database, KV, migrations, checks).
 modules=$(in_root /opt/venvs/smoltbot/bin/python -c '
 import importlib.util
-for m in ("smoltbot.database", "smoltbot.kv", "smoltbot.migrations", "smoltbot.checks"):
+for m in ("smoltbot.store.pool", "smoltbot.store.kv", "smoltbot.store.migrate", "smoltbot.cli.check_config"):
     if importlib.util.find_spec(m) is None:
         print(m)' 2>&1 || true)
 modules=$(tr '\n' ' ' <<<"$modules" | sed 's/ $//')
 set +e
 out=$(as_smoltbot /etc/smoltbot/smoltbot.env smoltbot check-config 2>&1); status=$?
 set -e
-if grep -q 'smoltbot.checks' <<<"$modules"; then
-  skip "smoltbot check-config with the shipped environment names the missing variables (smoltbot.checks is not in this build)"
+if grep -q 'smoltbot.cli.check_config' <<<"$modules"; then
+  skip "smoltbot check-config with the shipped environment names the missing variables (smoltbot.cli.check_config is not in this build)"
 else
   names_both() { [ "$status" -ne 0 ] && grep -q DATABASE_URL <<<"$out" && grep -q ANTHROPIC_API_KEY <<<"$out"; }
   check "smoltbot check-config with the shipped environment: exit $status, names DATABASE_URL and ANTHROPIC_API_KEY" names_both
@@ -226,8 +226,8 @@ else
   expect_stat /etc/smoltbot/smoltbot.env "640 root:smoltbot regular file"
 
   lacks() { grep -qw "$1" <<<"$modules"; }
-  if lacks smoltbot.migrations; then
-    skip "smoltbot migrate against PostgreSQL (smoltbot.migrations is not in this build)"
+  if lacks smoltbot.store.migrate; then
+    skip "smoltbot migrate against PostgreSQL (smoltbot.store.migrate is not in this build)"
   else
     set +e
     out=$(as_smoltbot /etc/smoltbot/smoltbot.env smoltbot migrate 2>&1); status=$?
@@ -235,8 +235,8 @@ else
     check "smoltbot migrate (as smoltbot): exit $status" test "$status" -eq 0
     sed 's/^/  | /' <<<"$out" | tail -n 8
   fi
-  if lacks smoltbot.checks; then
-    skip "smoltbot check-config with the filled-in environment (smoltbot.checks is not in this build)"
+  if lacks smoltbot.cli.check_config; then
+    skip "smoltbot check-config with the filled-in environment (smoltbot.cli.check_config is not in this build)"
   else
     set +e
     out=$(as_smoltbot /etc/smoltbot/smoltbot.env smoltbot check-config 2>&1); status=$?
@@ -246,7 +246,7 @@ else
   fi
 
   echo "== the daemon, started with the unit's ExecStart (no systemd)"
-  if lacks smoltbot.database || lacks smoltbot.kv; then
+  if lacks smoltbot.store.pool || lacks smoltbot.store.kv; then
     skip "daemon with the unit's ExecStart answers /health/live (not in this build: $modules)"
   elif python3 packaging/unit_run.py --root "$root" --unit /lib/systemd/system/smoltbot.service \
        --get "http://127.0.0.1:$port/health/live" --get "http://127.0.0.1:$port/health/startup" \

@@ -50,7 +50,7 @@ class _TwistdRoot(MultiService):
         super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
-        from smoltbot.daemon import StartupError
+        from smoltbot.app.lifecycle import StartupError
 
         try:
             super().privilegedStartService()
@@ -76,6 +76,6 @@ def makeService(options: Options) -> MultiService:
 
     from twisted.internet import reactor
 
-    from smoltbot.daemon import build_daemon
+    from smoltbot.app.lifecycle import build_daemon
 
     return _TwistdRoot(build_daemon(config, reactor))

@@ -24,10 +24,12 @@ from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from smoltbot.health import HealthState
+from smoltbot.health.probes import HealthState
 from smoltbot.metrics import Metrics
 from smoltbot.proxy import ProviderProxy, UpstreamClient
-from smoltbot.web import GatewaySite, OpsApi, build_root
+from smoltbot.http.ops import OpsApi
+from smoltbot.http.root import build_root
+from smoltbot.http.site import GatewaySite
 
 UPSTREAMS = {
     "anthropic": "https://api.anthropic.test",

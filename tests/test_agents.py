@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smoltbot.agents import AgentRegistry
-from smoltbot.database import Database, DatabaseUnavailable
+from smoltbot.records.agents import AgentRegistry
+from smoltbot.store.pool import Database, DatabaseUnavailable
 from smoltbot.metrics import Metrics
 from tests.test_recorder import migrated_database, sample
 

@@ -1,5 +1,5 @@
 """
-Tests for smoltbot.database against the real PostgreSQL, with outages staged by a FaultProxy.
+Tests for smoltbot.store.pool against the real PostgreSQL, with outages staged by a FaultProxy.
 
 Nothing sleeps: tests wait on Deferreds that real I/O fires (a connection made, a log line
 emitted, a query answered), with short injected timeouts and reconnect delays.
@@ -18,7 +18,7 @@ from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from smoltbot.database import Database, DatabaseUnavailable, QueryTimeout, redact_dsn
+from smoltbot.store.pool import Database, DatabaseUnavailable, QueryTimeout, redact_dsn
 from tests.faultproxy import FaultProxy
 from tests.support import new_database
 
@@ -39,7 +39,7 @@ class LogWatcher:
         self._waiting: list[tuple[str, Deferred[str]]] = []
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace") != "smoltbot.database.Database":
+        if event.get("log_namespace") != "smoltbot.store.pool.Database":
             return
         line = f"{formatEvent(event)} {event.get('dsn', '')}"
         self.lines.append(line)

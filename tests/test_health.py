@@ -4,7 +4,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smoltbot.health import HealthState, ProbeService
+from smoltbot.health.probes import HealthState, ProbeService
 from smoltbot.metrics import Metrics
 
 

@@ -1,4 +1,4 @@
-"""Tests for smoltbot.heartbeat: schedule, body, fail-open handling, timeouts and metrics."""
+"""Tests for smoltbot.health.heartbeat: schedule, body, fail-open handling, timeouts and metrics."""
 
 import json
 import platform
@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import provider
 
-from smoltbot.heartbeat import HeartbeatService
+from smoltbot.health.heartbeat import HeartbeatService
 from smoltbot.metrics import Metrics
 
 LICENSE = "eyJhbGciOiJIUzI1NiJ9.eyJsaWNlbnNlX2lkIjoibGljXzEifQ.c2lnbmF0dXJl"

@@ -1,5 +1,5 @@
 """
-Tests for smoltbot.kv: the in-memory store on a fake clock, the Redis store against the real
+Tests for smoltbot.store.kv: the in-memory store on a fake clock, the Redis store against the real
 server (directly, and through a FaultProxy that refuses, hangs or cuts connections).
 """
 
@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import smoltbot
-from smoltbot.kv import MemoryKV, RedisAddress, RedisKV, make_kv, parse_redis_url
+from smoltbot.store.kv import MemoryKV, RedisAddress, RedisKV, make_kv, parse_redis_url
 from smoltbot.metrics import Metrics
 from tests.faultproxy import FaultProxy
 from tests.support import REDIS_PREFIX, REDIS_URL
@@ -152,8 +152,8 @@ class ImportTests(TestCase):
     """Importing the module."""
 
     async def test_no_reactor_installed(self) -> None:
-        """Importing smoltbot.kv imports neither txredisapi nor the global reactor."""
-        code = "import sys, smoltbot.kv; print(sorted({'txredisapi', 'twisted.internet.reactor'} & set(sys.modules)))"
+        """Importing smoltbot.store.kv imports neither txredisapi nor the global reactor."""
+        code = "import sys, smoltbot.store.kv; print(sorted({'txredisapi', 'twisted.internet.reactor'} & set(sys.modules)))"
         root = os.path.dirname(os.path.dirname(smoltbot.__file__))
         out, err, status = await getProcessOutputAndValue(sys.executable, ["-c", code], env={}, path=root)
         self.assertEqual((out, status), (b"[]\n", 0), err)

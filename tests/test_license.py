@@ -1,4 +1,4 @@
-"""Tests for smoltbot.license: the judgement, the monitor and the `smoltbot license` report."""
+"""Tests for smoltbot.health.license: the judgement, the monitor and the `smoltbot license` report."""
 
 import base64
 import json
@@ -12,8 +12,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from smoltbot import license as license_module
-from smoltbot.license import LicenseJudgement, LicenseMonitor, judge_license, license_report
+from smoltbot.health import license as license_module
+from smoltbot.health.license import LicenseJudgement, LicenseMonitor, judge_license, license_report
 
 NOW = 1_800_000_000.0
 SECRET = "a-shared-secret-that-is-long-enough-for-hs256"

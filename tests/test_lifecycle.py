@@ -10,7 +10,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from smoltbot.config import load_config
-from smoltbot.daemon import GatewayService
+from smoltbot.app.lifecycle import GatewayService
 from tests.support import InlineWorker, new_state_dir
 
 ENV = {

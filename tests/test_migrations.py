@@ -1,5 +1,5 @@
 """
-Tests for smoltbot.migrations: pure discovery and planning, then whole runs against real PostgreSQL.
+Tests for smoltbot.store.migrate: pure discovery and planning, then whole runs against real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smoltbot.database import Database
-from smoltbot.migrations import (
+from smoltbot.store.pool import Database
+from smoltbot.store.migrate import (
     Migration,
     MigrationError,
     Status,

@@ -4,7 +4,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smoltbot.periodic import PeriodicService
+from smoltbot.util.periodic import PeriodicService
 
 
 class _Task(PeriodicService):

@@ -30,10 +30,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from smoltbot.fakeprovider import FakeProvider, Knobs
-from smoltbot.health import HealthState
+from smoltbot.health.probes import HealthState
 from smoltbot.metrics import Metrics
 from smoltbot.proxy import ProviderProxy, UpstreamClient
-from smoltbot.web import GatewaySite, OpsApi, build_root
+from smoltbot.http.ops import OpsApi
+from smoltbot.http.root import build_root
+from smoltbot.http.site import GatewaySite
 
 _T = TypeVar("_T")
 
@@ -589,7 +591,7 @@ class DaemonTests(TestCase):
     async def test_stream_drains_then_pool_closes(self) -> None:
         """A stream in flight at shutdown runs to its end; then the upstream pool's connections are closed."""
         from smoltbot.config import load_config
-        from smoltbot.daemon import GatewayService
+        from smoltbot.app.lifecycle import GatewayService
 
         clock = Clock()
         fake = FakeProvider(clock, Knobs(events=4, event_size=16))

@@ -17,12 +17,12 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smoltbot.database import Database, DatabaseUnavailable
+from smoltbot.store.pool import Database, DatabaseUnavailable
 from smoltbot.metrics import Metrics
-from smoltbot.migrations import apply_pending, discover, migrations_dir
-from smoltbot.recorder import Recorder, WorkerThread
-from smoltbot.records import COLUMNS, RequestRecord
-from smoltbot.spool import Spool
+from smoltbot.store.migrate import apply_pending, discover, migrations_dir
+from smoltbot.records.writer import Recorder, WorkerThread
+from smoltbot.records.row import COLUMNS, RequestRecord
+from smoltbot.records.spool import Spool
 from tests.faultproxy import FaultProxy
 from tests.support import InlineWorker, new_database
 from tests.test_records import make_record
@@ -353,7 +353,7 @@ def until(recorder: Recorder, metrics: Metrics, condition: Callable[[], bool], t
         globalLogPublisher(event)
         check()
 
-    recorder.log = Logger(namespace="smoltbot.recorder.Recorder", source=recorder, observer=observe)
+    recorder.log = Logger(namespace="smoltbot.records.writer.Recorder", source=recorder, observer=observe)
     check()
     return done.addTimeout(timeout, reactor)
 

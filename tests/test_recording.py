@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
 from smoltbot.config import load_config
-from smoltbot.daemon import GatewayService
+from smoltbot.app.lifecycle import GatewayService
 from smoltbot.extract import extractor_for
 from smoltbot.fakeprovider import FakeProvider, Knobs
 from smoltbot.logs import make_observer

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smoltbot.migrations import migrations_dir
-from smoltbot.records import COLUMNS, MAX_TEXT, RecordFormatError, RequestRecord, new_instance_id
+from smoltbot.store.migrate import migrations_dir
+from smoltbot.records.row import COLUMNS, MAX_TEXT, RecordFormatError, RequestRecord, new_instance_id
 
 SHA = "ab" * 32
 

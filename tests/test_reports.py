@@ -5,8 +5,8 @@ import json
 import psycopg2
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smoltbot.records import COLUMNS
-from smoltbot.reports import format_table
+from smoltbot.records.row import COLUMNS
+from smoltbot.cli.reports import format_table
 from tests.process import base_env, free_port, run_command
 from tests.test_records import make_record
 from tests.test_recorder import migrated_database

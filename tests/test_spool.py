@@ -4,7 +4,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smoltbot.spool import MAX_LINE, Spool
+from smoltbot.records.spool import MAX_LINE, Spool
 from tests.test_records import make_record
 
 

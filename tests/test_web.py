@@ -8,9 +8,11 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from smoltbot.health import HealthState
+from smoltbot.health.probes import HealthState
 from smoltbot.metrics import Metrics
-from smoltbot.web import GatewaySite, OpsApi, build_root, request_id_for
+from smoltbot.http.ops import OpsApi
+from smoltbot.http.root import build_root
+from smoltbot.http.site import GatewaySite, request_id_for
 
 
 class _Held(Resource):

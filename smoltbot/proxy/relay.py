@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from smoltbot.proxy.exchange import CLIENT_DISCONNECTED, OK, UPSTREAM_BROKEN, UPSTREAM_IDLE, Exchange, ExchangeObserver
 from smoltbot.proxy.headers import copy_response_headers
-from smoltbot.web import error_body
+from smoltbot.http.errors import error_body
 
 _NETWORK_ERRORS = (
     ConnectError,

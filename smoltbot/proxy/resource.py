@@ -23,7 +23,7 @@ from smoltbot.proxy.headers import upstream_request_headers
 from smoltbot.proxy.relay import Relay
 from smoltbot.proxy.routing import Upstream, UnsafePath, split_provider_uri
 from smoltbot.proxy.upstream import UpstreamClient
-from smoltbot.web import error_body
+from smoltbot.http.errors import error_body
 
 
 class _ProviderMetrics:

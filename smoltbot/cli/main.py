@@ -62,19 +62,19 @@ def _database_command(command: Callable[..., Any], **options: Any) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from smoltbot.migrations import migrate_command
+    from smoltbot.store.migrate import migrate_command
 
     return _database_command(migrate_command, status_only=args.status)
 
 
 def _cmd_agents(args: argparse.Namespace) -> int:
-    from smoltbot.reports import agents_command
+    from smoltbot.cli.reports import agents_command
 
     return _database_command(agents_command, as_json=args.json)
 
 
 def _cmd_requests(args: argparse.Namespace) -> int:
-    from smoltbot.reports import requests_command
+    from smoltbot.cli.reports import requests_command
 
     return _database_command(requests_command, agent=args.agent, limit=args.limit, as_json=args.json)
 
@@ -86,7 +86,7 @@ def _positive_int(raw: str) -> int:
 
 
 def _cmd_license(args: argparse.Namespace) -> int:
-    from smoltbot.license import license_report
+    from smoltbot.health.license import license_report
 
     config = _config_or_exit(_stderr)
     text, code = license_report(
@@ -101,7 +101,7 @@ def _cmd_license(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from smoltbot.checks import check_config, format_report
+    from smoltbot.cli.check_config import check_config, format_report
 
     def emit(report: dict[str, Any]) -> None:
         _stdout(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -180,6 +180,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     return handlers[args.command](args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

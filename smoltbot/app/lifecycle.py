@@ -23,20 +23,22 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 
-from smoltbot.agents import AgentRegistry
+from smoltbot.records.agents import AgentRegistry
 from smoltbot.config import Config
-from smoltbot.database import Database
-from smoltbot.health import HealthState, ProbeService
-from smoltbot.heartbeat import HeartbeatService
-from smoltbot.kv import make_kv
-from smoltbot.license import LicenseMonitor
+from smoltbot.store.pool import Database
+from smoltbot.health.probes import HealthState, ProbeService
+from smoltbot.health.heartbeat import HeartbeatService
+from smoltbot.store.kv import make_kv
+from smoltbot.health.license import LicenseMonitor
 from smoltbot.metrics import Metrics
 from smoltbot.proxy import ProviderProxy
-from smoltbot.recording import RequestRecording
-from smoltbot.recorder import Recorder, Worker, WorkerThread
-from smoltbot.records import new_instance_id
-from smoltbot.spool import Spool
-from smoltbot.web import GatewaySite, OpsApi, build_root
+from smoltbot.records.sink import RequestRecording
+from smoltbot.records.writer import Recorder, Worker, WorkerThread
+from smoltbot.records.row import new_instance_id
+from smoltbot.records.spool import Spool
+from smoltbot.http.ops import OpsApi
+from smoltbot.http.root import build_root
+from smoltbot.http.site import GatewaySite
 
 
 class StartupError(Exception):

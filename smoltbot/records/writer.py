@@ -4,7 +4,7 @@ exactly once, without the request waiting for it, through PostgreSQL outages and
 
 `Recorder.record` appends to a bounded in-memory queue and returns. A flush loop writes the queue
 in batches (one idempotent multi-row INSERT each, keyed by request id). While PostgreSQL fails
-or is slow, batches go to the on-disk spool (`smoltbot.spool`) instead, and so does the oldest
+or is slow, batches go to the on-disk spool (`smoltbot.records.spool`) instead, and so does the oldest
 part of the queue when it overflows: memory stays flat, the disk absorbs the outage. Once
 PostgreSQL answers again, the spool is replayed oldest first, alternating with live batches, and
 a spool left by an earlier run is replayed the same way. A record is dropped only when the spool
@@ -28,13 +28,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from smoltbot.database import describe_error
+from smoltbot.store.pool import describe_error
 from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
-from smoltbot.periodic import PeriodicService
-from smoltbot.records import COLUMNS, RequestRecord
-from smoltbot.spool import ReplayBatch, Spool
-from smoltbot.spool import describe as describe_spool_error
+from smoltbot.util.periodic import PeriodicService
+from smoltbot.records.row import COLUMNS, RequestRecord
+from smoltbot.records.spool import ReplayBatch, Spool
+from smoltbot.records.spool import describe as describe_spool_error
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ _REFUSED = (psycopg2.DataError, psycopg2.IntegrityError)  # the schema rejects a
 
 
 class QueryRunner(Protocol):
-    """What the recorder and the agent registry need of the pool (`smoltbot.database.Database`)."""
+    """What the recorder and the agent registry need of the pool (`smoltbot.store.pool.Database`)."""
 
     @property
     def connected(self) -> bool: ...

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from smoltbot.periodic import PeriodicService
+from smoltbot.util.periodic import PeriodicService
 
 PARSE_ERROR = "license_parse_error"
 EXPIRED = "license_expired"

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import psycopg2
 from txpostgres.txpostgres import Cursor
 
-from smoltbot.database import Database, DatabaseError, Reactor, describe_error, wait_connected
+from smoltbot.store.pool import Database, DatabaseError, Reactor, describe_error, wait_connected
 
 _NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x736D6F6C74626F74  # b"smoltbot": the advisory lock serialising migration runners
@@ -74,7 +74,7 @@ def migrations_dir() -> Traversable:
         shipped = None
     if shipped is not None and shipped.is_dir():
         return shipped
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 def discover(directory: Traversable | str | os.PathLike[str]) -> list[Migration]:

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Sequence
 
-from smoltbot.database import describe_error
-from smoltbot.records import RecordFormatError, RequestRecord
+from smoltbot.store.pool import describe_error
+from smoltbot.records.row import RecordFormatError, RequestRecord
 
 SUFFIX = ".jsonl"
 MAX_LINE = 64 * 1024  # a longer line is no record of ours: skipped as corrupt without holding it whole

@@ -14,12 +14,12 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from smoltbot.agents import AgentRegistry
+from smoltbot.records.agents import AgentRegistry
 from smoltbot.extract import Extract, ResponseExtractor, extractor_for, request_model, request_streaming
 from smoltbot.metrics import Metrics
 from smoltbot.proxy.exchange import OK, Exchange
-from smoltbot.recorder import Recorder
-from smoltbot.records import RequestRecord
+from smoltbot.records.writer import Recorder
+from smoltbot.records.row import RequestRecord
 
 # What a response's extract contributes to its record.
 _RESPONSE_FIELDS = (

@@ -2,7 +2,7 @@
 The operator's read commands over what the gateway recorded: `smoltbot agents` (every agent
 with its first and last sighting and request count) and `smoltbot requests` (the latest
 request records, newest first). This module owns their queries and their output, as an aligned
-text table or as JSON; `smoltbot.cli` only parses the arguments.
+text table or as JSON; `smoltbot.cli.main` only parses the arguments.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Callable, Sequence
 
 import psycopg2
 
-from smoltbot.database import Database, DatabaseError, Reactor, describe_error, wait_connected
+from smoltbot.store.pool import Database, DatabaseError, Reactor, describe_error, wait_connected
 from smoltbot.logs import format_timestamp
-from smoltbot.records import COLUMNS
+from smoltbot.records.row import COLUMNS
 
 # Agents with their rows, and agents seen only in records (their row not written yet) too.
 AGENTS_SQL = """

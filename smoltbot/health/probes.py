@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from smoltbot.metrics import Metrics
-from smoltbot.periodic import PeriodicService
+from smoltbot.util.periodic import PeriodicService
 
 
 class Pingable(Protocol):

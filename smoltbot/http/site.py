@@ -1,10 +1,6 @@
 """
-The HTTP surface: the site and request classes, routing, CORS, JSON errors, and the operational
-endpoints (`/health*`, `/metrics`, `/models.json`).
-
-Provider paths (`/anthropic`, `/openai`, `/gemini`) are dispatched by `GatewayRoot` straight to
-the provider resources, beside the Klein app that serves everything else, so the hot path
-pays for no routing table.
+The HTTP site and its request class: request ids, CORS on every response, the request body cap
+(413 before the body is read), and the count of requests in flight that shutdown drains.
 """
 
 from __future__ import annotations
@@ -15,17 +11,11 @@ import re
 import uuid
 from typing import Any, Mapping
 
-from klein import Klein
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
-from twisted.web.resource import IResource, Resource
-
-from smoltbot.health import HealthState
-from smoltbot.logs import format_timestamp
-from smoltbot.metrics import Metrics
-from smoltbot.models import KNOWN_MODELS
+from twisted.web.resource import IResource
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
 
@@ -59,18 +49,6 @@ def request_id_for(incoming: bytes | None) -> str:
         if _REQUEST_ID.match(candidate):
             return candidate
     return str(uuid.uuid4())
-
-
-def write_json(request: server.Request, status: int, body: Mapping[str, Any]) -> bytes:
-    """Set status and JSON content type on `request` and return the encoded body."""
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-
-def error_body(request: server.Request, status: int, error_type: str, error: str, message: str) -> bytes:
-    """A gateway-made error: `{"error","type","message"}` with a stable `type` (DESIGN §1.2)."""
-    return write_json(request, status, {"error": error, "type": error_type, "message": message})
 
 
 class GatewayRequest(server.Request):
@@ -220,126 +198,4 @@ class GatewaySite(server.Site):
             transport = request.channel.transport if request.channel is not None else None
             if transport is not None:
                 transport.abortConnection()
-
-
-class GatewayRoot(Resource):
-    """
-    The root resource: CORS preflight for any path, provider paths to their resources, and
-    everything else to the operational Klein app.
-    """
-
-    def __init__(self, ops: IResource, providers: Mapping[str, IResource] | None = None) -> None:
-        super().__init__()
-        self._ops = ops
-        self._providers = {name.encode("ascii"): resource for name, resource in (providers or {}).items()}
-
-    def getChildWithDefault(self, path: bytes, request: server.Request) -> IResource:
-        if request.method == b"OPTIONS":
-            return _Preflight()
-        provider = self._providers.get(path)
-        if provider is not None:
-            return provider
-        # Hand the whole path to Klein, which routes from the site root.
-        request.postpath.insert(0, request.prepath.pop())
-        return self._ops
-
-    def render(self, request: server.Request) -> bytes:
-        if request.method == b"OPTIONS":
-            return _Preflight().render(request)
-        return self._ops.render(request)
-
-
-class _Preflight(Resource):
-    isLeaf = True
-
-    def render(self, request: server.Request) -> bytes:
-        request.setResponseCode(204)
-        return b""
-
-
-class OpsApi:
-    """`/health*`, `/metrics`, `/models.json` and the JSON 404 for everything else."""
-
-    app = Klein()
-
-    def __init__(
-        self,
-        *,
-        version: str,
-        aip_enabled: bool,
-        health: HealthState,
-        metrics: Metrics,
-        clock: IReactorTime,
-        routes_providers: bool,
-    ) -> None:
-        self._version = version
-        self._aip_enabled = aip_enabled
-        self._health = health
-        self._metrics = metrics
-        self._clock = clock
-        self._routes_providers = routes_providers
-
-    def resource(self) -> IResource:
-        """The Klein resource serving these routes."""
-        return self.app.resource()
-
-    def _now(self) -> str:
-        return format_timestamp(self._clock.seconds())
-
-    @app.route("/health", methods=["GET", "HEAD"])
-    @app.route("/health/", methods=["GET", "HEAD"])
-    def health(self, request: server.Request) -> bytes:
-        return write_json(
-            request,
-            200,
-            {"status": "ok", "version": self._version, "timestamp": self._now(), "aip_enabled": self._aip_enabled},
-        )
-
-    @app.route("/health/live", methods=["GET", "HEAD"])
-    def live(self, request: server.Request) -> bytes:
-        return write_json(request, 200, {"status": "ok", "timestamp": self._now()})
-
-    @app.route("/health/startup", methods=["GET", "HEAD"])
-    def startup(self, request: server.Request) -> bytes:
-        if not self._health.started:
-            return write_json(request, 503, {"status": "starting"})
-        return write_json(request, 200, {"status": "ok", "timestamp": self._now()})
-
-    @app.route("/health/ready", methods=["GET", "HEAD"])
-    def ready(self, request: server.Request) -> bytes:
-        status, body = self._health.readiness()
-        body["timestamp"] = self._now()
-        return write_json(request, status, body)
-
-    @app.route("/metrics", methods=["GET", "HEAD"])
-    def metrics(self, request: server.Request) -> bytes:
-        body, content_type = self._metrics.render(
-            (request.requestHeaders.getRawHeaders(b"accept", [b""])[0] or b"").decode("latin-1")
-        )
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        return body
-
-    @app.route("/models.json", methods=["GET", "HEAD"])
-    def models(self, request: server.Request) -> bytes:
-        request.setHeader(b"cache-control", b"public, max-age=3600")
-        return write_json(request, 200, KNOWN_MODELS)
-
-    @app.route("/", branch=True)
-    def not_found(self, request: server.Request) -> bytes:
-        handled = "/health, /metrics, /models.json"
-        if self._routes_providers:
-            handled = "/health, /anthropic/*, /openai/*, and /gemini/*"
-        return error_body(request, 404, "not_found", "Not found", f"This gateway handles {handled} endpoints")
-
-    @app.handle_errors(Exception)
-    def internal_error(self, request: server.Request, failure: Any) -> bytes:
-        Logger().failure("unhandled error serving {path}", failure=failure, path=request.path.decode("latin-1"))
-        return error_body(request, 500, "gateway_error", "Internal gateway error", "unexpected error; see the gateway log")
-
-
-def build_root(
-    ops: OpsApi, providers: Mapping[str, IResource] | None = None
-) -> GatewayRoot:
-    """The resource tree: provider resources (if this role serves them) beside the ops app."""
-    return GatewayRoot(ops.resource(), providers)
 

@@ -28,7 +28,7 @@ from twisted.web.iweb import IResponse
 
 from smoltbot.logs import format_timestamp
 from smoltbot.metrics import Metrics
-from smoltbot.periodic import PeriodicService
+from smoltbot.util.periodic import PeriodicService
 
 
 class HeartbeatService(PeriodicService):

@@ -34,8 +34,8 @@ def _reason(error: BaseException) -> str:
 
 
 async def _check_database(reactor: Any, config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    from smoltbot.database import Database, redact_dsn
-    from smoltbot.migrations import pending_migrations
+    from smoltbot.store.pool import Database, redact_dsn
+    from smoltbot.store.migrate import pending_migrations
 
     database = Database(
         config.database_url,
@@ -66,7 +66,7 @@ async def _check_database(reactor: Any, config: Config) -> tuple[dict[str, Any],
 
 
 async def _check_redis(reactor: Any, config: Config) -> dict[str, Any]:
-    from smoltbot.kv import make_kv, parse_redis_url
+    from smoltbot.store.kv import make_kv, parse_redis_url
     from smoltbot.metrics import Metrics
 
     if config.redis_url is None:
@@ -90,7 +90,7 @@ async def _check_redis(reactor: Any, config: Config) -> dict[str, Any]:
 
 
 def _check_license(config: Config) -> dict[str, Any]:
-    from smoltbot.license import judge_license
+    from smoltbot.health.license import judge_license
 
     if not config.license_jwt:
         return {"ok": True, "note": "no license configured"}

@@ -20,11 +20,11 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from smoltbot.database import describe_error
+from smoltbot.store.pool import describe_error
 from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
-from smoltbot.periodic import PeriodicService
-from smoltbot.recorder import QueryRunner
+from smoltbot.util.periodic import PeriodicService
+from smoltbot.records.writer import QueryRunner
 
 _AGENT_ID = re.compile(r"smolt-[0-9a-f]{8}")
 _AGENT_HASH = re.compile(r"[0-9a-f]{16}")

@@ -1,0 +1,3 @@
+"""
+Small helpers every part of the daemon shares: `periodic` (loops that survive a failing run).
+"""
