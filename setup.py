@@ -30,7 +30,7 @@ setup(
         "brotli>=1.2,<2",
     ],
     extras_require={
-        "test": ["anthropic>=2,<3", "openai>=3,<4", "google-genai>=3,<4"],
+        "test": ["anthropic>=2,<3", "openai>=3,<4", "google-genai>=3,<4", "hypothesis>=6.100,<7"],
     },
     entry_points={"console_scripts": ["smoltbot = smoltbot.cli:main"]},
     zip_safe=False,
