@@ -160,7 +160,7 @@ class Recorder(PeriodicService):
     def record(self, record: RequestRecord) -> None:
         """Queue `record` for writing. Constant time; never raises; never waits on I/O."""
         try:
-            if self._phase is _CLOSED:
+            if self._phase == _CLOSED:
                 self._drop(1, "the recorder has stopped")
             elif not isinstance(record, RequestRecord):
                 self._drop(1, f"not a RequestRecord: {type(record).__name__}")
@@ -250,7 +250,7 @@ class Recorder(PeriodicService):
         self._busy = True
         try:
             while True:
-                stopping = self._phase is _STOPPING
+                stopping = self._phase == _STOPPING
                 live = len(self._queue) >= self._batch_size or (bool(self._queue) and (self._due or stopping))
                 replay = not (stopping or self._replay_idle or self._spool.error) and self._database_usable()
                 if live and not (replay and not self._replayed_last):
@@ -311,7 +311,7 @@ class Recorder(PeriodicService):
 
     def _database_usable(self) -> bool:
         now = self._clock.seconds()
-        past_deadline = self._phase is _STOPPING and now >= self._stop_deadline
+        past_deadline = self._phase == _STOPPING and now >= self._stop_deadline
         return self._database.connected and now >= self._retry_at and not past_deadline
 
     async def _insert(self, records: list[RequestRecord], task: str) -> bool:
