@@ -165,30 +165,3 @@ def write_fatal(message: str, service: str, stdout: IO[str] | None = None, stder
     stderr.flush()
     JsonLineObserver(stdout, service)({"log_format": "{log_text}", "log_text": message, "log_level": LogLevel.error})
 
-
-class LogThrottle:
-    """
-    Lets a repeated log line through at most once per `interval` seconds per key, counting the
-    ones held back in between, so that a lasting failure logs steadily instead of flooding.
-    """
-
-    def __init__(self, clock: Any, interval: float = 60.0) -> None:
-        self._clock = clock
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def allow(self, key: str) -> int | None:
-        """None when a line for `key` must be held back; else how many were held back since the last one."""
-        now = self._clock.seconds()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        return self._held.pop(key, 0)
-
-    def reset(self, key: str) -> None:
-        """Forget `key`, so that its next line is logged at once (a new episode begins)."""
-        self._last.pop(key, None)
-        self._held.pop(key, None)

@@ -18,7 +18,8 @@ from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from smoltbot.store.pool import Database, DatabaseUnavailable, QueryTimeout, redact_dsn
+from smoltbot.store.dsn import dsn_secrets, is_postgres_dsn, libpq_params, redact_dsn
+from smoltbot.store.pool import Database, DatabaseUnavailable, QueryTimeout
 from tests.faultproxy import FaultProxy
 from tests.support import new_database
 
@@ -77,6 +78,36 @@ class RedactionTests(SynchronousTestCase):
         }
         for dsn, expected in cases.items():
             self.assertEqual(redact_dsn(dsn), expected)
+
+    def test_secrets_every_spelling(self) -> None:
+        """dsn_secrets lists the password as written, unquoted and percent-decoded, longest first."""
+        self.assertEqual(dsn_secrets("postgresql://u:p%40ss@db/app"), ["p%40ss", "p@ss"])
+        self.assertEqual(dsn_secrets("host=db password='p w' dbname=app"), ["'p w'", "p w"])
+        self.assertEqual(dsn_secrets("host=db dbname=app"), [])
+
+    def test_is_postgres_dsn(self) -> None:
+        """PostgreSQL URLs with a host and libpq key=value strings are DSNs; other URLs and free text are not."""
+        cases = {
+            "postgresql://u:pw@db:5432/app": True,
+            "postgres://u@h/d": True,
+            "postgresql:///app?host=/var/run/postgresql": True,
+            "host=127.0.0.1 dbname=smoltbot user=postgres": True,
+            "mysql://root:pw@db/app": False,
+            "https://x.supabase.co": False,
+            "postgresql://db:notaport/app": False,
+            "postgresql:///app": False,
+            "just some words": False,
+            "host=db stray": False,
+        }
+        for raw, expected in cases.items():
+            self.assertEqual(is_postgres_dsn(raw), expected, raw)
+
+    def test_libpq_params(self) -> None:
+        """libpq_params gives libpq's reading of a DSN, and refuses an unparsable one without quoting its password."""
+        self.assertEqual(libpq_params("postgresql://u@db:6432/app")["port"], "6432")
+        error = self.assertRaises(ValueError, libpq_params, f"host=db password={MARKER} dbname")
+        self.assertIn("invalid database URL host=db password=*** dbname", str(error))
+        self.assertNotIn(MARKER, str(error))
 
     def test_invalid_dsn(self) -> None:
         """A DSN libpq cannot parse is rejected with a ValueError that does not quote its password."""

@@ -154,6 +154,8 @@ class RecorderTests(SynchronousTestCase):
         self.assertEqual(sorted(self.db.rows), [f"req-{n:06d}" for n in range(1, 12)])
         self.assertEqual(len(self.messages("warn")), 1)
         self.assertEqual(self.messages("info").count("PostgreSQL takes request records again"), 1)
+        [recovery] = [e for e in self.events if formatEvent(e) == "PostgreSQL takes request records again"]
+        self.assertEqual((recovery["failures"], recovery["failing_for"]), (2, 6))  # failed at t=1 and t=3, written at t=7
         self.stop(recorder)
 
     def test_slow_insert_goes_to_spool(self) -> None:

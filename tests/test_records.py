@@ -2,12 +2,12 @@
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from smoltbot.store.migrate import migrations_dir
-from smoltbot.records.row import COLUMNS, MAX_TEXT, RecordFormatError, RequestRecord, new_instance_id
+from smoltbot.records.row import COLUMN_SPEC, COLUMNS, MAX_TEXT, RecordFormatError, RequestRecord, new_instance_id
 
 SHA = "ab" * 32
 
@@ -48,11 +48,23 @@ def make_record(n: int = 0, **fields) -> RequestRecord:
 
 class RecordTests(SynchronousTestCase):
     def test_columns_match_the_table(self):
-        """The record's fields are the `request_records` columns of the initial migration, in order."""
+        """The column spec is the `request_records` table of the initial migration: names in order, SQL types, NOT NULL."""
         sql = (migrations_dir() / "0001_initial.sql").read_text()
         table = sql.split("CREATE TABLE request_records (", 1)[1].split(");", 1)[0]
-        names = tuple(line.split()[0] for line in table.strip().splitlines() if line.strip())
-        self.assertEqual(COLUMNS, names)
+        declared = []
+        for line in table.strip().splitlines():
+            words = line.strip().rstrip(",").split()
+            if not words:
+                continue
+            ends = [i for i, word in enumerate(words) if word in ("PRIMARY", "NOT", "DEFAULT", "CHECK", "UNIQUE")]
+            sql_type = " ".join(words[1 : ends[0] if ends else None])
+            required = "PRIMARY KEY" in line or "NOT NULL" in line
+            declared.append((words[0], sql_type, required))
+        self.assertEqual([(c.name, c.sql_type, c.required) for c in COLUMN_SPEC], declared)
+
+    def test_columns_are_the_fields(self):
+        """The column spec names the record's fields, in order, so checks and inserts cover every field."""
+        self.assertEqual(COLUMNS, tuple(field.name for field in fields(RequestRecord)))
 
     def test_json_round_trip(self):
         """A record survives to_json/from_json unchanged, and None fields are left out of the line."""

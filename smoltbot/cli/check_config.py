@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from smoltbot.config import Config, ConfigError, load_config
+from smoltbot.util.errors import describe
 
 
 async def _until_answers(reactor: Any, ping: Any, timeout: float) -> float:
@@ -28,13 +29,9 @@ async def _until_answers(reactor: Any, ping: Any, timeout: float) -> float:
         await deferLater(reactor, 0.1)
 
 
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 async def _check_database(reactor: Any, config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    from smoltbot.store.pool import Database, redact_dsn
+    from smoltbot.store.dsn import redact_dsn
+    from smoltbot.store.pool import Database
     from smoltbot.store.migrate import pending_migrations
 
     database = Database(
@@ -50,13 +47,13 @@ async def _check_database(reactor: Any, config: Config) -> tuple[dict[str, Any],
         try:
             latency = await _until_answers(reactor, database.ping, config.database_connect_timeout + 1)
         except Exception as e:
-            failed = {"ok": False, "target": target, "error": _reason(e)}
+            failed = {"ok": False, "target": target, "error": describe(e)}
             return failed, {"ok": False, "error": "database unreachable"}
         postgres = {"ok": True, "target": target, "latencyMs": round(latency, 1)}
         try:
             pending = await pending_migrations(database)
         except Exception as e:
-            return postgres, {"ok": False, "error": _reason(e)}
+            return postgres, {"ok": False, "error": describe(e)}
         migrations: dict[str, Any] = {"ok": not pending, "pending": pending}
         if pending:
             migrations["fix"] = "run: smoltbot migrate"
@@ -84,7 +81,7 @@ async def _check_redis(reactor: Any, config: Config) -> dict[str, Any]:
         latency = await _until_answers(reactor, kv.ping, config.redis_connect_timeout + 1)
         return {"ok": True, "mode": "redis", "target": target, "latencyMs": round(latency, 1)}
     except Exception as e:
-        return {"ok": False, "mode": "redis", "target": target, "error": _reason(e)}
+        return {"ok": False, "mode": "redis", "target": target, "error": describe(e)}
     finally:
         await kv.stopService()
 

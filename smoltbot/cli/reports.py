@@ -1,8 +1,9 @@
 """
 The operator's read commands over what the gateway recorded: `smoltbot agents` (every agent
 with its first and last sighting and request count) and `smoltbot requests` (the latest
-request records, newest first). This module owns their queries and their output, as an aligned
-text table or as JSON; `smoltbot.cli.main` only parses the arguments.
+request records, newest first). This module runs their queries (`smoltbot.store.queries`) and
+owns their output, as an aligned text table or as JSON; `smoltbot.cli.main` only parses the
+arguments.
 """
 
 from __future__ import annotations
@@ -13,25 +14,11 @@ from typing import Any, Callable, Sequence
 
 import psycopg2
 
-from smoltbot.store.pool import Database, DatabaseError, Reactor, describe_error, wait_connected
+from smoltbot.store.pool import Database, DatabaseError, Reactor, wait_connected
 from smoltbot.logs import format_timestamp
 from smoltbot.records.row import COLUMNS
-
-# Agents with their rows, and agents seen only in records (their row not written yet) too.
-AGENTS_SQL = """
-WITH counted AS (
-    SELECT agent_id, count(*) AS requests, min(created_at) AS first_request, max(created_at) AS last_request
-    FROM request_records WHERE agent_id IS NOT NULL GROUP BY agent_id
-)
-SELECT coalesce(a.id, c.agent_id) AS id,
-       least(a.first_seen, c.first_request) AS first_seen,
-       greatest(a.last_seen, c.last_request) AS last_seen,
-       coalesce(c.requests, 0) AS requests
-FROM agents a FULL JOIN counted c ON c.agent_id = a.id
-ORDER BY last_seen DESC NULLS LAST, id
-"""
-
-REQUESTS_SQL = "SELECT {columns} FROM request_records {where} ORDER BY created_at DESC, request_id LIMIT %s"
+from smoltbot.store.queries import agents as agent_queries, request_records
+from smoltbot.util.errors import describe
 
 # (heading, column, text width cap) of the `requests` table.
 _REQUEST_TABLE = (
@@ -61,7 +48,7 @@ async def agents_command(
     query_timeout: float,
 ) -> int:
     """`smoltbot agents [--json]`; returns the exit status (1 with one line when the database fails)."""
-    rows = await _query(reactor, dsn, AGENTS_SQL, (), write, connect_timeout, query_timeout)
+    rows = await _query(reactor, dsn, agent_queries.LIST, (), write, connect_timeout, query_timeout)
     if rows is None:
         return 1
     agents = [
@@ -91,8 +78,8 @@ async def requests_command(
     query_timeout: float,
 ) -> int:
     """`smoltbot requests [--agent ID] [--limit N] [--json]`; returns the exit status."""
-    sql = REQUESTS_SQL.format(columns=",".join(COLUMNS), where="WHERE agent_id = %s" if agent else "")
-    rows = await _query(reactor, dsn, sql, (agent, limit) if agent else (limit,), write, connect_timeout, query_timeout)
+    sql, params = request_records.latest(agent, limit)
+    rows = await _query(reactor, dsn, sql, params, write, connect_timeout, query_timeout)
     if rows is None:
         return 1
     records = [_record(row) for row in rows]
@@ -140,7 +127,7 @@ async def _query(
         return await db.run_query(sql, params, retry_idempotent=True)
     except (DatabaseError, psycopg2.Error) as error:
         hint = " (run `smoltbot migrate` first)" if getattr(error, "pgcode", None) == "42P01" else ""
-        write(f"error: {describe_error(error)}{hint}")
+        write(f"error: {describe(error)}{hint}")
         return None
     finally:
         await db.stopService()

@@ -28,6 +28,7 @@ from twisted.web.iweb import IResponse
 
 from smoltbot.logs import format_timestamp
 from smoltbot.metrics import Metrics
+from smoltbot.util.errors import describe, unwrap
 from smoltbot.util.periodic import PeriodicService
 
 
@@ -127,21 +128,12 @@ class HeartbeatService(PeriodicService):
             self.log.warn("[heartbeat] Server returned {status} \N{EM DASH} continuing operation", status=status)
 
     def _failed(self, failure: Failure) -> None:
-        error = failure.value
-        wrapped = getattr(error, "reasons", None)  # ResponseFailed, ResponseNeverReceived, ...
-        if wrapped:
-            error = wrapped[0].value
-        if isinstance(error, CancelledError):
+        if isinstance(unwrap(failure), CancelledError):
             return  # abandoned by stopService
         self._count("failed")
-        self.log.warn("[heartbeat] Failed to send heartbeat: {reason}", reason=self._redact(error))
-
-    def _redact(self, error: BaseException) -> str:
-        """Exception class and short message, without the license or the URL's query."""
-        text = f"{type(error).__name__}: {error}".rstrip(": ")
-        for secret in self._secrets:
-            text = text.replace(secret, "<redacted>")
-        return text[:200]
+        # Typed: a network error's message alone ("Connection refused") does not say which step failed.
+        reason = describe(failure, self._secrets, typed=True)
+        self.log.warn("[heartbeat] Failed to send heartbeat: {reason}", reason=reason)
 
     def _count(self, result: str) -> None:
         self._metrics.heartbeats.labels(result=result).inc()

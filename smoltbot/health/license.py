@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from smoltbot.util.episodes import FailureEpisode
 from smoltbot.util.periodic import PeriodicService
 
 PARSE_ERROR = "license_parse_error"
@@ -127,8 +128,8 @@ class LicenseMonitor(PeriodicService):
     """
     Keeps `current` up to date: judges the license at start and every `interval` seconds.
 
-    Logs a warning when the judgement turns bad (once per change) and an info line when it
-    recovers. The token is never logged.
+    Logs a warning when the judgement turns bad (once per change of warning, however long it
+    lasts) and an info line when it recovers. The token is never logged.
     """
 
     log = Logger()
@@ -148,7 +149,7 @@ class LicenseMonitor(PeriodicService):
         self._leeway = leeway
         self._public_key = public_key
         self._secret = secret
-        self._logged_warning: str | None = None
+        self._bad = FailureEpisode(clock)  # from the first bad judgement to the next good one
         self.current: LicenseJudgement = self._judge()
         """The latest judgement (made at construction, then at start and on every tick)."""
 
@@ -164,17 +165,16 @@ class LicenseMonitor(PeriodicService):
     def tick(self) -> None:
         """Re-judge, and log the change if the judgement changed."""
         self.current = judgement = self._judge()
-        if judgement.warning == self._logged_warning:
-            return
         if judgement.ok:
-            self.log.info("[license] License is valid again")
+            self._bad.recovered(self.log, "[license] License is valid again")
         else:
-            self.log.warn(
+            self._bad.failed(
+                self.log,
                 "[license] License check failed: {license_warning}",
+                key=judgement.warning,
                 license_warning=judgement.warning,
                 license_id=judgement.claims.get("license_id"),
             )
-        self._logged_warning = judgement.warning
 
 
 def license_report(

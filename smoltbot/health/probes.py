@@ -12,6 +12,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from smoltbot.metrics import Metrics
+from smoltbot.util.episodes import FailureEpisode
+from smoltbot.util.errors import describe
 from smoltbot.util.periodic import PeriodicService
 
 
@@ -90,6 +92,7 @@ class ProbeService(PeriodicService):
         self._database = database
         self._license_check = license_check
         self._timeout = timeout
+        self._failing: dict[str, FailureEpisode] = {}  # by check: logged when it starts failing and recovers
 
     def tick(self) -> Deferred[None]:
         """Run every probe once and publish the results."""
@@ -127,7 +130,7 @@ class ProbeService(PeriodicService):
             if failure.check(TimeoutError):
                 reason = f"no answer within {self._timeout:g}s"
             else:
-                reason = failure.getErrorMessage().strip().splitlines()[0] if failure.getErrorMessage().strip() else failure.type.__name__
+                reason = describe(failure)
             check: dict[str, Any] = {"ok": False, "latencyMs": elapsed_ms(), "error": reason}
             if name == "redis":
                 check["mode"] = self._kv_mode
@@ -138,16 +141,14 @@ class ProbeService(PeriodicService):
         return d.addCallbacks(ok, failed)
 
     def _report_changes(self, checks: dict[str, dict[str, Any]]) -> None:
+        """Log each check that starts failing (with its first reason) and each that recovers; not the rounds between."""
         for name, check in checks.items():
-            previous = self._state.checks.get(name)
-            if previous is not None and bool(previous.get("ok")) == bool(check.get("ok")):
-                continue
+            episode = self._failing.get(name)
             if check.get("ok"):
-                if previous is not None:
-                    self.log.info("health check {check} recovered", check=name)
-            else:
-                self.log.warn(
-                    "health check {check} failing: {reason}",
-                    check=name,
-                    reason=check.get("error") or check.get("warning") or "not ok",
-                )
+                if episode is not None:
+                    episode.recovered(self.log, "health check {check} recovered", check=name)
+                continue
+            if episode is None:
+                episode = self._failing[name] = FailureEpisode(self._clock)
+            reason = check.get("error") or check.get("warning") or "not ok"
+            episode.failed(self.log, "health check {check} failing: {reason}", check=name, reason=reason)

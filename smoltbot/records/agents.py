@@ -18,23 +18,19 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
-from smoltbot.store.pool import describe_error
-from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
+from smoltbot.store.pool import QueryRunner
+from smoltbot.store.queries import agents as queries
+from smoltbot.util.backoff import Backoff, backoff_policy
+from smoltbot.util.episodes import FailureEpisode
+from smoltbot.util.errors import describe
 from smoltbot.util.periodic import PeriodicService
-from smoltbot.records.writer import QueryRunner
 
 _AGENT_ID = re.compile(r"smolt-[0-9a-f]{8}")
 _AGENT_HASH = re.compile(r"[0-9a-f]{16}")
-_INSERT = (
-    "INSERT INTO agents (id, agent_hash, first_seen, last_seen) VALUES {rows} ON CONFLICT DO NOTHING RETURNING id"
-)
-_UPDATE = (
-    "UPDATE agents SET last_seen = v.last_seen FROM (VALUES {rows}) AS v (id, last_seen)"
-    " WHERE agents.id = v.id AND (agents.last_seen IS NULL OR agents.last_seen < v.last_seen) RETURNING agents.id"
-)
+_LOG_REPEAT_INTERVAL = 60.0  # seconds between two lines about the same lasting trouble
 
 
 class AgentRegistry(PeriodicService):
@@ -72,15 +68,17 @@ class AgentRegistry(PeriodicService):
         self._max_known = max_known
         self._batch_size = batch_size
         self._write_timeout = write_timeout
-        self._min_retry_delay = self._retry_delay = retry_delay
-        self._max_retry_delay = max(max_retry_delay, retry_delay)
-        self._retry_at = 0.0
+        self._backoff = Backoff(backoff_policy(retry_delay, max_retry_delay))
+        self._retry_at = 0.0  # no write before this time: the backoff after a failure
         self._known: dict[str, float] = {}  # agent id -> when its last sighting was queued
         self._new: dict[str, tuple[str, float]] = {}  # agent id -> (hash, first sighting), to insert
         self._touch: dict[str, float] = {}  # agent id -> last_seen, to update
         self._flushing: Deferred[None] | None = None
-        self._failing = False
-        self._throttle = LogThrottle(clock)
+        # Each lasting trouble logged once a minute at most: writes failing (until one succeeds),
+        # malformed identities, sightings dropped for want of room.
+        self._outage = FailureEpisode(clock, repeat_every=_LOG_REPEAT_INTERVAL)
+        self._malformed = FailureEpisode(clock, level=LogLevel.error, repeat_every=_LOG_REPEAT_INTERVAL)
+        self._full = FailureEpisode(clock, repeat_every=_LOG_REPEAT_INTERVAL)
 
     @property
     def pending(self) -> int:
@@ -99,8 +97,7 @@ class AgentRegistry(PeriodicService):
                 return
             well_formed = _AGENT_ID.fullmatch(agent_id) and _AGENT_HASH.fullmatch(agent_hash)
             if not well_formed or agent_id[6:] != agent_hash[:8]:
-                if (held := self._throttle.allow("invalid")) is not None:  # the value is not logged: it may be anything
-                    self.log.error("ignoring a malformed agent identity", suppressed=held)
+                self._malformed.failed(self.log, "ignoring a malformed agent identity")  # not the value: it may be anything
                 return
             if len(self._known) >= self._max_known:
                 self._known.clear()  # a flood of new agents: forgetting costs at most redundant inserts
@@ -116,9 +113,8 @@ class AgentRegistry(PeriodicService):
             return True
         self._known.pop(agent_id, None)
         self._metrics.agent_sightings_dropped.inc()
-        if (held := self._throttle.allow("full")) is not None:
-            message = "{count} agent sightings wait for PostgreSQL: dropping new ones"
-            self.log.warn(message, count=self.pending, suppressed=held)
+        message = "{count} agent sightings wait for PostgreSQL: dropping new ones"
+        self._full.failed(self.log, message, count=self.pending)
         return False
 
     # -- the Service
@@ -158,11 +154,9 @@ class AgentRegistry(PeriodicService):
                 await self._update(self._take(self._touch))
         except _Failed:
             return
-        if self._failing:
-            self._failing = False
-            self._throttle.reset("database")
-            self.log.info("PostgreSQL takes agent updates again")
-        self._retry_at, self._retry_delay = 0.0, self._min_retry_delay
+        self._outage.recovered(self.log, "PostgreSQL takes agent updates again")
+        self._retry_at = 0.0
+        self._backoff.succeeded()
 
     def _take(self, pending: dict[str, Any]) -> dict[str, Any]:
         # Sorted, so that concurrent writers lock rows in the same order (no deadlocks between processes).
@@ -170,24 +164,21 @@ class AgentRegistry(PeriodicService):
         return {agent_id: pending.pop(agent_id) for agent_id in ids}
 
     async def _insert(self, batch: dict[str, tuple[str, float]]) -> None:
-        params = [value for agent_id, (hash16, when) in batch.items() for value in (agent_id, hash16, when, when)]
-        row = "(%s,%s,to_timestamp(%s),to_timestamp(%s))"
-        rows = await self._write(_INSERT, row, params, batch, self._new, "agent_upsert")
+        rows = await self._write(queries.insert_new(batch), batch, self._new, "agent_upsert")
         inserted = {agent_id for (agent_id,) in rows}
         for agent_id, (_, when) in batch.items():  # rows that existed already (another process, an earlier run)
             if agent_id not in inserted and (agent_id in self._touch or self._admit(agent_id)):
                 self._touch[agent_id] = max(when, self._touch.get(agent_id, when))
 
     async def _update(self, batch: dict[str, float]) -> None:
-        params = [value for item in batch.items() for value in item]
-        await self._write(_UPDATE, "(%s,to_timestamp(%s))", params, batch, self._touch, "agent_last_seen")
+        await self._write(queries.update_last_seen(batch), batch, self._touch, "agent_last_seen")
 
     async def _write(
-        self, sql: str, row: str, params: list[Any], batch: dict[str, Any], pending: dict[str, Any], task: str
+        self, statement: tuple[str, list[Any]], batch: dict[str, Any], pending: dict[str, Any], task: str
     ) -> list[tuple[Any, ...]]:
-        statement = sql.format(rows=",".join([row] * len(batch)))
+        sql, params = statement
         try:
-            rows = await self._database.run_query(statement, params, retry_idempotent=True).addTimeout(
+            rows = await self._database.run_query(sql, params, retry_idempotent=True).addTimeout(
                 self._write_timeout, self._clock
             )
         except Exception as error:
@@ -209,12 +200,9 @@ class AgentRegistry(PeriodicService):
 
     def _failed(self, error: BaseException) -> None:
         timed_out = isinstance(error, DeferredTimeout)
-        reason = f"no answer within {self._write_timeout:g}s" if timed_out else describe_error(error)
-        self._retry_at = self._clock.seconds() + self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
-        self._failing = True
-        if (held := self._throttle.allow("database")) is not None:
-            self.log.warn("cannot write agents to PostgreSQL, retrying later: {error}", error=reason, suppressed=held)
+        reason = f"no answer within {self._write_timeout:g}s" if timed_out else describe(error)
+        self._retry_at = self._clock.seconds() + self._backoff.failed()
+        self._outage.failed(self.log, "cannot write agents to PostgreSQL, retrying later: {error}", error=reason)
 
 
 class _Failed(Exception):

@@ -7,6 +7,9 @@ reason, whether thinking was present and its SHA-256, an error type. It has no f
 hold a key, a prompt, a response or thinking text, and `path` never keeps a query string. Every
 record is checked when it is built, so any record can be written to PostgreSQL and to the spool,
 and a spool line that does not decode to a valid record is recognised as corrupt.
+
+`COLUMN_SPEC` describes the table, column by column (name, SQL type, check, NOT NULL); times
+(`timestamptz`) are unix seconds in a record and in its JSON line.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import os
 import re
 import secrets
 import socket
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 MAX_TEXT = 512  # characters kept of any text field (model names and stop reasons come from clients)
 
@@ -78,13 +81,13 @@ class RequestRecord:
     created_at: float
 
     def __post_init__(self) -> None:
-        for name, (kind, required) in _SPEC.items():
+        for name, _, check, required in COLUMN_SPEC:
             value = getattr(self, name)
             if value is None:
                 if required:
                     raise TypeError(f"{name} is required")
                 continue
-            checked = kind(name, value)
+            checked = check(name, value)
             if checked is not value:
                 object.__setattr__(self, name, checked)
         if "?" in self.path:
@@ -110,7 +113,7 @@ class RequestRecord:
             data = json.loads(line)
             if not isinstance(data, dict):
                 raise RecordFormatError("not a JSON object")
-            unknown = data.keys() - _SPEC.keys()
+            unknown = data.keys() - _NAMES
             if unknown:
                 raise RecordFormatError(f"unknown fields {sorted(unknown)}")
             return cls(**data)
@@ -173,38 +176,53 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
-# Field -> (checker, required). Integer columns are `integer` (tokens, counts) or `bigint` (bytes).
-_SPEC: dict[str, tuple[Any, bool]] = {
-    "request_id": (_text, True),
-    "agent_id": (_text, False),
-    "session_id": (_text, False),
-    "provider": (_text, True),
-    "model": (_text, False),
-    "method": (_text, True),
-    "path": (_text, True),
-    "status": (_status, False),
-    "streaming": (_flag, True),
-    "ttfb_ms": (_duration, False),
-    "duration_ms": (_duration, False),
-    "bytes_in": (_bounded(_INT64), False),
-    "bytes_out": (_bounded(_INT64), False),
-    "input_tokens": (_bounded(_INT32), False),
-    "output_tokens": (_bounded(_INT32), False),
-    "cache_read_tokens": (_bounded(_INT32), False),
-    "cache_creation_tokens": (_bounded(_INT32), False),
-    "reasoning_tokens": (_bounded(_INT32), False),
-    "stop_reason": (_text, False),
-    "tool_calls": (_bounded(_INT32), False),
-    "thinking_present": (_flag, False),
-    "thinking_sha256": (_text, False),
-    "error_type": (_text, False),
-    "gateway_version": (_text, False),
-    "instance_id": (_text, False),
-    "created_at": (_timestamp, True),
-}
+class Column(NamedTuple):
+    """
+    One column of `request_records`: its name (a `RequestRecord` field), its SQL type as the
+    migration declares it, the check a value must pass, and whether it is NOT NULL.
+    """
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
-"""The `request_records` columns, in the order of `RequestRecord`'s fields."""
+    name: str
+    sql_type: str
+    check: Callable[[str, Any], Any]
+    required: bool = False
+
+
+# The one description of the table in Python: record checks follow it, the insert statement is
+# built from it (`smoltbot.store.queries.request_records`), and a test holds it equal to the
+# migration that creates the table. Integer columns are `integer` (tokens, counts) or `bigint` (bytes).
+COLUMN_SPEC: tuple[Column, ...] = (
+    Column("request_id", "text", _text, required=True),
+    Column("agent_id", "text", _text),
+    Column("session_id", "text", _text),
+    Column("provider", "text", _text, required=True),
+    Column("model", "text", _text),
+    Column("method", "text", _text, required=True),
+    Column("path", "text", _text, required=True),
+    Column("status", "integer", _status),
+    Column("streaming", "boolean", _flag, required=True),
+    Column("ttfb_ms", "double precision", _duration),
+    Column("duration_ms", "double precision", _duration),
+    Column("bytes_in", "bigint", _bounded(_INT64)),
+    Column("bytes_out", "bigint", _bounded(_INT64)),
+    Column("input_tokens", "integer", _bounded(_INT32)),
+    Column("output_tokens", "integer", _bounded(_INT32)),
+    Column("cache_read_tokens", "integer", _bounded(_INT32)),
+    Column("cache_creation_tokens", "integer", _bounded(_INT32)),
+    Column("reasoning_tokens", "integer", _bounded(_INT32)),
+    Column("stop_reason", "text", _text),
+    Column("tool_calls", "integer", _bounded(_INT32)),
+    Column("thinking_present", "boolean", _flag),
+    Column("thinking_sha256", "text", _text),
+    Column("error_type", "text", _text),
+    Column("gateway_version", "text", _text),
+    Column("instance_id", "text", _text),
+    Column("created_at", "timestamptz", _timestamp, required=True),
+)
+
+COLUMNS: tuple[str, ...] = tuple(column.name for column in COLUMN_SPEC)
+"""The `request_records` columns, in table order (and in the order of `RequestRecord`'s fields)."""
+_NAMES = frozenset(COLUMNS)
 
 
 def new_instance_id() -> str:

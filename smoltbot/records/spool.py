@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Sequence
 
-from smoltbot.store.pool import describe_error
 from smoltbot.records.row import RecordFormatError, RequestRecord
+from smoltbot.util.errors import describe
 
 SUFFIX = ".jsonl"
 MAX_LINE = 64 * 1024  # a longer line is no record of ours: skipped as corrupt without holding it whole
@@ -252,10 +252,3 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def describe(error: BaseException) -> str:
-    """One line for a spool error: `<reason>: <path>` for OS errors, which carry the file they concern."""
-    if isinstance(error, OSError) and error.filename:
-        return f"{error.strerror or type(error).__name__}: {error.filename}"
-    return describe_error(error)

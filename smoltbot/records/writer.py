@@ -24,57 +24,29 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from smoltbot.store.pool import describe_error
-from smoltbot.logs import LogThrottle
 from smoltbot.metrics import Metrics
-from smoltbot.util.periodic import PeriodicService
-from smoltbot.records.row import COLUMNS, RequestRecord
+from smoltbot.records.row import RequestRecord
 from smoltbot.records.spool import ReplayBatch, Spool
-from smoltbot.records.spool import describe as describe_spool_error
+from smoltbot.store.pool import QueryRunner
+from smoltbot.store.queries import request_records
+from smoltbot.util.backoff import Backoff, backoff_policy
+from smoltbot.util.episodes import FailureEpisode
+from smoltbot.util.errors import describe
+from smoltbot.util.periodic import PeriodicService
 
 T = TypeVar("T")
 
-# One statement per batch: the records' JSON lines (as in the spool) as one array parameter,
-# expanded server-side. Twice the throughput of a VALUES list, at half the client CPU.
-_SQL_TYPES = {
-    "status": "integer",
-    "streaming": "boolean",
-    "ttfb_ms": "float8",
-    "duration_ms": "float8",
-    "bytes_in": "bigint",
-    "bytes_out": "bigint",
-    "input_tokens": "integer",
-    "output_tokens": "integer",
-    "cache_read_tokens": "integer",
-    "cache_creation_tokens": "integer",
-    "reasoning_tokens": "integer",
-    "tool_calls": "integer",
-    "thinking_present": "boolean",
-    "created_at": "float8",
-}
-_SELECTED = ",".join("to_timestamp(r.created_at)" if name == "created_at" else "r." + name for name in COLUMNS)
-_RECORD_TYPE = ",".join(f"{name} {_SQL_TYPES.get(name, 'text')}" for name in COLUMNS)
-_INSERT = (
-    f"WITH written AS (INSERT INTO request_records ({','.join(COLUMNS)})"
-    f" SELECT {_SELECTED} FROM json_to_recordset(%s::json) AS r ({_RECORD_TYPE})"
-    " ON CONFLICT (request_id) DO NOTHING RETURNING 1) SELECT count(*) FROM written"
-)
 _REFUSED = (psycopg2.DataError, psycopg2.IntegrityError)  # the schema rejects a value: retrying cannot help
+_LOG_REPEAT_INTERVAL = 60.0  # seconds between two lines about the same lasting trouble
 
-
-class QueryRunner(Protocol):
-    """What the recorder and the agent registry need of the pool (`smoltbot.store.pool.Database`)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def run_query(
-        self, sql: str, params: Any = None, *, retry_idempotent: bool = False
-    ) -> Deferred[list[tuple[Any, ...]]]: ...
+# The recorder's life: it takes records from construction on; `stopService` makes it write out
+# what it holds (to PostgreSQL until the stop deadline, then to the spool); once that is done it
+# is closed, and a record handed over then is dropped.
+_ACCEPTING, _STOPPING, _CLOSED = "accepting", "stopping", "closed"
 
 
 class Worker(Protocol):
@@ -161,8 +133,7 @@ class Recorder(PeriodicService):
         self._batch_size = batch_size
         self._write_timeout = write_timeout
         self._stop_timeout = stop_timeout
-        self._min_retry_delay = self._retry_delay = retry_delay
-        self._max_retry_delay = max(max_retry_delay, retry_delay)
+        self._backoff = Backoff(backoff_policy(retry_delay, max_retry_delay))
         self._queue: deque[RequestRecord] = deque()
         # Spool writes are group commits: records given while one is under way go in the next.
         self._spool_pending: list[RequestRecord] = []
@@ -174,12 +145,13 @@ class Recorder(PeriodicService):
         self._due = False  # the flush interval has passed: write even a partial batch
         self._replayed_last = True
         self._replay_idle = False  # nothing to replay until the next tick
-        self._retry_at = 0.0
-        self._db_failing = False
-        self._stopping = False
+        self._retry_at = 0.0  # no PostgreSQL write before this time: the backoff after a costly failure
+        self._phase = _ACCEPTING
         self._stop_deadline = 0.0
-        self._closed = False
-        self._throttle = LogThrottle(clock)
+        # PostgreSQL refusing records, from the first failure until a write succeeds.
+        self._outage = FailureEpisode(clock, repeat_every=_LOG_REPEAT_INTERVAL)
+        # Lasting trouble that costs records or spool data, by kind: each logged once a minute at most.
+        self._trouble: dict[str, FailureEpisode] = {}
         metrics.trace_queue_depth.set_function(lambda: self.spool_backlog.queued)
         metrics.trace_spool_bytes.set_function(lambda: spool.bytes)
 
@@ -188,7 +160,7 @@ class Recorder(PeriodicService):
     def record(self, record: RequestRecord) -> None:
         """Queue `record` for writing. Constant time; never raises; never waits on I/O."""
         try:
-            if self._closed:
+            if self._phase == _CLOSED:
                 self._drop(1, "the recorder has stopped")
             elif not isinstance(record, RequestRecord):
                 self._drop(1, f"not a RequestRecord: {type(record).__name__}")
@@ -230,7 +202,7 @@ class Recorder(PeriodicService):
         if self._kick_call is not None and self._kick_call.active():
             self._kick_call.cancel()
         self._kick_call = None
-        self._stopping = True
+        self._phase = _STOPPING
         self._stop_deadline = self._clock.seconds() + self._stop_timeout
         return Deferred.fromCoroutine(self._stop())
 
@@ -242,7 +214,7 @@ class Recorder(PeriodicService):
                 await self._pump()
             else:
                 await self._to_spool([])  # fires once the writes under way are done
-        self._closed = True
+        self._phase = _CLOSED
         await self._io("spool_close", self._spool.close)
         self._worker.stop()
         if self._spool.bytes:
@@ -278,8 +250,9 @@ class Recorder(PeriodicService):
         self._busy = True
         try:
             while True:
-                live = len(self._queue) >= self._batch_size or (bool(self._queue) and (self._due or self._stopping))
-                replay = not (self._stopping or self._replay_idle or self._spool.error) and self._database_usable()
+                stopping = self._phase == _STOPPING
+                live = len(self._queue) >= self._batch_size or (bool(self._queue) and (self._due or stopping))
+                replay = not (stopping or self._replay_idle or self._spool.error) and self._database_usable()
                 if live and not (replay and not self._replayed_last):
                     self._replayed_last = False
                     await self._flush(self._take())
@@ -314,7 +287,7 @@ class Recorder(PeriodicService):
             batch: ReplayBatch | None = await self._worker.run(self._spool.read, self._batch_size)
         except OSError as error:
             self._replay_idle = True
-            self._log_error("spool_read", "cannot read the spool: {error}", error=describe_spool_error(error))
+            self._log_error("spool_read", "cannot read the spool: {error}", error=describe(error))
             return
         if batch is None:
             self._replay_idle = True
@@ -325,7 +298,7 @@ class Recorder(PeriodicService):
             await self._worker.run(self._spool.commit, batch)
         except OSError as error:
             self._replay_idle = True
-            self._log_error("spool_read", "cannot delete a spool segment: {error}", error=describe_spool_error(error))
+            self._log_error("spool_read", "cannot delete a spool segment: {error}", error=describe(error))
             return
         if batch.corrupt:
             self._metrics.trace_spool_corrupt_lines.inc(batch.corrupt)
@@ -338,7 +311,7 @@ class Recorder(PeriodicService):
 
     def _database_usable(self) -> bool:
         now = self._clock.seconds()
-        past_deadline = self._stopping and now >= self._stop_deadline
+        past_deadline = self._phase == _STOPPING and now >= self._stop_deadline
         return self._database.connected and now >= self._retry_at and not past_deadline
 
     async def _insert(self, records: list[RequestRecord], task: str) -> bool:
@@ -356,16 +329,14 @@ class Recorder(PeriodicService):
         self._metrics.trace_flush_duration.observe(self._clock.seconds() - started)
         self._metrics.traces_written.inc(written)
         self._metrics.background_tasks.labels(task=task).inc()
-        if self._db_failing:
-            self._db_failing = False
-            self._throttle.reset("database")
-            self.log.info("PostgreSQL takes request records again")
-        self._retry_at, self._retry_delay = 0.0, self._min_retry_delay
+        self._outage.recovered(self.log, "PostgreSQL takes request records again")
+        self._retry_at = 0.0
+        self._backoff.succeeded()
         return True
 
     def _insert_rows(self, records: list[RequestRecord]) -> Deferred[int]:
         rows = "[" + ",".join(record.to_json() for record in records) + "]"
-        d = self._database.run_query(_INSERT, (rows,), retry_idempotent=True)
+        d = self._database.run_query(request_records.INSERT, (rows,), retry_idempotent=True)
         d.addTimeout(self._write_timeout, self._clock)
         return d.addCallback(lambda rows: rows[0][0])
 
@@ -380,23 +351,20 @@ class Recorder(PeriodicService):
                 self.log.error(
                     "request record {request_id} refused by PostgreSQL, dropped: {error}",
                     request_id=record.request_id,
-                    error=describe_error(error),
+                    error=describe(error),
                 )
         return written
 
     def _database_failed(self, error: BaseException) -> None:
         timed_out = isinstance(error, DeferredTimeout)
-        reason = f"no answer within {self._write_timeout:g}s" if timed_out else describe_error(error)
+        reason = f"no answer within {self._write_timeout:g}s" if timed_out else describe(error)
         if self._database.connected:  # a failure that cost time: back off before the next attempt
-            self._retry_at = self._clock.seconds() + self._retry_delay
-            self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
+            self._retry_at = self._clock.seconds() + self._backoff.failed()
         self._spooling(reason)
 
     def _spooling(self, reason: str) -> None:
         """PostgreSQL cannot take records: note it (a warning, rate-limited) until a write succeeds again."""
-        self._db_failing = True
-        if (held := self._throttle.allow("database")) is not None:
-            self.log.warn("PostgreSQL cannot take request records, spooling: {error}", error=reason, suppressed=held)
+        self._outage.failed(self.log, "PostgreSQL cannot take request records, spooling: {error}", error=reason)
 
     # -- the spool
 
@@ -423,7 +391,7 @@ class Recorder(PeriodicService):
     def _spool_written(self, result: object, records: list[RequestRecord], waiters: list[Deferred[None]]) -> None:
         self._spool_writing = 0
         if isinstance(result, Failure):
-            self._drop(len(records), f"spool not writable: {describe_spool_error(result.value)}")
+            self._drop(len(records), f"spool not writable: {describe(result.value)}")
         else:
             self._metrics.background_tasks.labels(task="spool_write").inc()
         for waiter in waiters:
@@ -455,7 +423,7 @@ class Recorder(PeriodicService):
         def failed(failure: Any) -> None:
             if failure.check(OSError):
                 message = "request-record spool {folder} not usable: {error}"
-                self._log_error(task, message, folder=self._spool.directory, error=describe_spool_error(failure.value))
+                self._log_error(task, message, folder=self._spool.directory, error=describe(failure.value))
             else:
                 self.log.failure("request-record spool call failed", failure)
 
@@ -468,6 +436,8 @@ class Recorder(PeriodicService):
         self._log_error("drop", "dropped {count} request records: {reason}", count=count, reason=reason)
 
     def _log_error(self, key: str, message: str, **fields: Any) -> None:
-        held = self._throttle.allow(key)
-        if held is not None:
-            self.log.error(message, suppressed=held, **fields)
+        """Log an error of kind `key` (a drop, an unusable spool); a kind that keeps recurring, once a minute."""
+        episode = self._trouble.get(key)
+        if episode is None:
+            episode = self._trouble[key] = FailureEpisode(self._clock, level=LogLevel.error, repeat_every=_LOG_REPEAT_INTERVAL)
+        episode.failed(self.log, message, **fields)

@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smoltbot.metrics import Metrics
+from smoltbot.util.episodes import FailureEpisode
+from smoltbot.util.errors import describe
 
 if TYPE_CHECKING:
     from txredisapi import BaseRedisProtocol, RedisFactory
@@ -255,8 +257,8 @@ class RedisKV(KVStore):
         self._connection: BaseRedisProtocol | None = None
         self._waiters: list[Deferred[None]] = []
         self._timeouts_in_a_row = 0
-        self._failing = False
-        self._failures = 0
+        # Failed calls, from the first until one succeeds: one warning, then only a count.
+        self._failing_calls = FailureEpisode(reactor)
 
     def startService(self) -> None:
         """Start connecting in the background."""
@@ -350,24 +352,19 @@ class RedisKV(KVStore):
 
         def succeeded(result: _T) -> _T:
             self._count(operation, classify(result))
-            if self._failing:
-                self._failing = False
-                self.log.info("Redis calls succeed again after {failures} failed", failures=self._failures)
+            self._failing_calls.recovered(self.log, "Redis calls succeed again after {failures} failed")
             return result
 
         def failed(failure: Failure) -> _T:
             result = "timeout" if failure.check(TimeoutError) else "error"
             self._count(operation, result)
-            if self._failing:
-                self._failures += 1
-            else:
-                self._failing, self._failures = True, 1
-                self.log.warn(
-                    "Redis {operation} failed ({result}: {error}); failures are counted, not logged, until a call succeeds",
-                    operation=operation,
-                    result=result,
-                    error=failure.getErrorMessage() or failure.type.__name__,
-                )
+            self._failing_calls.failed(
+                self.log,
+                "Redis {operation} failed ({result}: {error}); failures are counted, not logged, until a call succeeds",
+                operation=operation,
+                result=result,
+                error=describe(failure, [self.address.password or ""]),
+            )
             return fallback
 
         return self._bounded(work, self._op_timeout).addCallbacks(succeeded, failed)

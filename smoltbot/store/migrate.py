@@ -24,16 +24,11 @@ from typing import Callable, Mapping
 import psycopg2
 from txpostgres.txpostgres import Cursor
 
-from smoltbot.store.pool import Database, DatabaseError, Reactor, describe_error, wait_connected
+from smoltbot.store.pool import Database, DatabaseError, Reactor, wait_connected
+from smoltbot.store.queries import schema_migrations
+from smoltbot.util.errors import describe
 
 _NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
-_LOCK_KEY = 0x736D6F6C74626F74  # b"smoltbot": the advisory lock serialising migration runners
-_CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS _schema_migrations (
-    filename    text PRIMARY KEY,
-    checksum    text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)"""
 
 
 class MigrationError(Exception):
@@ -155,7 +150,7 @@ async def apply_pending(db: Database, migrations: list[Migration], write: Callab
         try:
             applied = await db.run_interaction(_apply, migration)
         except (DatabaseError, psycopg2.Error) as error:
-            write(f"FAIL {migration.filename}: {describe_error(error)}")
+            write(f"FAIL {migration.filename}: {describe(error)}")
             return False
         if applied:  # else a concurrent runner applied it first
             write(f"OK {migration.filename}")
@@ -197,34 +192,32 @@ async def migrate_command(
             return 1 if status.changed else 0
         return 0 if await apply_pending(db, migrations, write) else 1
     except (DatabaseError, psycopg2.Error) as error:
-        write(f"error: {describe_error(error)}")
+        write(f"error: {describe(error)}")
         return 1
     finally:
         await db.stopService()
 
 
 async def _applied_rows(db: Database) -> list[tuple[str, str, datetime]]:
-    [(exists,)] = await db.run_query("SELECT to_regclass('_schema_migrations') IS NOT NULL", retry_idempotent=True)
+    [(exists,)] = await db.run_query(schema_migrations.EXISTS, retry_idempotent=True)
     if not exists:
         return []
-    return await db.run_query("SELECT filename, checksum, applied_at FROM _schema_migrations", retry_idempotent=True)
+    return await db.run_query(schema_migrations.APPLIED, retry_idempotent=True)
 
 
 async def _create_table(cursor: Cursor) -> None:
-    await cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-    await cursor.execute(_CREATE_TABLE)
+    await cursor.execute(*schema_migrations.LOCK)
+    await cursor.execute(schema_migrations.CREATE)
 
 
 async def _apply(cursor: Cursor, migration: Migration) -> bool:
     """Apply one migration unless a concurrent runner already has; True when this call did."""
-    await cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-    await cursor.execute("SELECT 1 FROM _schema_migrations WHERE filename = %s", (migration.filename,))
+    await cursor.execute(*schema_migrations.LOCK)
+    await cursor.execute(schema_migrations.IS_APPLIED, (migration.filename,))
     if cursor.fetchone() is not None:
         return False
     await cursor.execute(migration.sql)
-    await cursor.execute(
-        "INSERT INTO _schema_migrations (filename, checksum) VALUES (%s, %s)", (migration.filename, migration.checksum)
-    )
+    await cursor.execute(schema_migrations.RECORD, (migration.filename, migration.checksum))
     return True
 
 

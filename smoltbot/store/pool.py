@@ -6,40 +6,44 @@ its own, so that the daemon neither hangs nor crashes because of the database (D
 
 - connecting happens in the background and survives a database that is down, hung or refusing
   us; host names are resolved through the reactor's resolver and handed to libpq as `hostaddr`
-  (libpq never does blocking DNS); the connect timeout is ours (libpq ignores `connect_timeout`
-  in async mode); failed attempts back off exponentially up to a few seconds;
+  (libpq never does blocking DNS, `smoltbot.store.resolve`); the connect timeout is ours (libpq
+  ignores `connect_timeout` in async mode); failed attempts back off exponentially, with jitter,
+  up to a few seconds (`smoltbot.util.backoff`);
 - a dead connection (reset, server shutdown, failed rollback) is closed and reopened at once;
 - every call fails fast with `DatabaseUnavailable` while no connection is up, and is bounded in
   time: the server cancels a statement at `statement_timeout` (= query_timeout), and if no answer
   has come `_CLIENT_GRACE` seconds later the connection is presumed hung and closed. txpostgres'
   `cancel()` is not used: it calls libpq's PQcancel, which connects and waits for the server
   synchronously with the GIL held, so against a hung server it would freeze the reactor;
-- no message or log line carries the DSN's password (`redact_dsn`).
+- no message or log line carries the DSN's password (`smoltbot.store.dsn`), and a failure that
+  repeats is logged once a minute with a count (`smoltbot.util.episodes`).
+
+`QueryRunner` is the part of the pool that the background writers use, so tests can fake it.
 """
 
 from __future__ import annotations
 
 import inspect
-import ipaddress
-import random
-import re
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, TypeVar
-from urllib.parse import unquote
+from typing import Any, Callable, Protocol, TypeVar
 
 import psycopg2
-from psycopg2.extensions import parse_dsn
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.error import ConnectionDone, ConnectionLost, DNSLookupError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHostResolution, IResolutionReceiver
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres.txpostgres import Connection, Cursor, RollbackFailed, _PollingMixin
-from zope.interface import implementer
+
+from smoltbot.store.dsn import dsn_secrets, libpq_params, redact_dsn
+from smoltbot.store.resolve import with_hostaddr
+from smoltbot.util.backoff import Backoff, backoff_policy
+from smoltbot.util.episodes import FailureEpisode
+from smoltbot.util.errors import describe
 
 T = TypeVar("T")
 
@@ -48,14 +52,7 @@ Reactor = Any
 
 _CLIENT_GRACE = 0.5  # seconds past query_timeout before a silent connection is closed
 _LOG_REPEAT_INTERVAL = 60.0  # seconds during which an identical failure line is not repeated
-
-# Where a DSN keeps a password (or an sslpassword): URL userinfo (up to the last "@", to be safe
-# when the password holds an unescaped "@"), a URL query parameter, or a key=value pair (maybe quoted).
-_SECRET_PATTERNS = (
-    re.compile(r"^[a-z][a-z0-9+.-]*://[^:@/?#]*:(?P<secret>.*)@", re.IGNORECASE | re.DOTALL),
-    re.compile(r"[?&](?:ssl)?password=(?P<secret>[^&#]*)", re.IGNORECASE),
-    re.compile(r"(?:^|\s)(?:ssl)?password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*(?:'|$)|\S*)", re.IGNORECASE),
-)
+_RECONNECT_JITTER = 0.2  # reconnect delays vary by ±20%, so the pool's connections do not retry in step
 
 
 class DatabaseError(Exception):
@@ -70,18 +67,15 @@ class QueryTimeout(DatabaseError):
     """The call did not finish within the query timeout; whether it took effect is unknown."""
 
 
-def redact_dsn(dsn: str) -> str:
-    """Return `dsn` (URL or key=value form) with any password replaced by `***`."""
-    for pattern in _SECRET_PATTERNS:
-        dsn = pattern.sub(_mask, dsn)
-    return dsn
+class QueryRunner(Protocol):
+    """What the recorder and the agent registry need of the pool: `Database` provides it, tests fake it."""
 
+    @property
+    def connected(self) -> bool: ...
 
-def describe_error(error: BaseException | Failure) -> str:
-    """The first line of an error's message (its class name when it has none), for one-line reports."""
-    value = error.value if isinstance(error, Failure) else error
-    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
-    return lines[0] if lines else type(value).__name__
+    def run_query(
+        self, sql: str, params: Any = None, *, retry_idempotent: bool = False
+    ) -> Deferred[list[tuple[Any, ...]]]: ...
 
 
 async def wait_connected(db: Database, reactor: Reactor, timeout: float) -> None:
@@ -91,29 +85,6 @@ async def wait_connected(db: Database, reactor: Reactor, timeout: float) -> None
     except DeferredTimeout:
         reason = db.last_error or f"no connection within {timeout:g}s"
         raise DatabaseUnavailable(f"cannot reach the database {db.redacted_dsn}: {reason}") from None
-
-
-def _mask(match: re.Match[str]) -> str:
-    start, end = match.start("secret") - match.start(), match.end("secret") - match.start()
-    return match.group(0)[:start] + "***" + match.group(0)[end:]
-
-
-def _secrets(dsn: str) -> list[str]:
-    """Every spelling of the DSN's password(s) that could turn up in a message."""
-    found = {m.group("secret") for pattern in _SECRET_PATTERNS for m in pattern.finditer(dsn)}
-    found |= {unquote(s) for s in found} | {s.strip("'") for s in found}
-    try:
-        params = parse_dsn(dsn)
-    except psycopg2.Error:
-        params = {}
-    found |= {params.get("password", ""), params.get("sslpassword", "")}
-    return sorted((s for s in found if s), key=len, reverse=True)
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def _is_dead(connection: Connection, failure: Failure) -> bool:
@@ -154,68 +125,6 @@ class _Connection(Connection):
             super().close()
 
 
-@implementer(IResolutionReceiver)
-class _Addresses:
-    """Collects the addresses a host name resolves to and fires `result` with them."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.addresses: list[str] = []
-        self.result: Deferred[list[str]] = Deferred()
-
-    def resolutionBegan(self, resolution: IHostResolution) -> None:
-        pass
-
-    def addressResolved(self, address: IAddress) -> None:
-        host = getattr(address, "host", None)
-        if host and host not in self.addresses:
-            self.addresses.append(host)
-
-    def resolutionComplete(self) -> None:
-        if self.result.called:  # cancelled by a connect timeout
-            return
-        if self.addresses:
-            self.result.callback(self.addresses)
-        else:
-            self.result.errback(DNSLookupError(f"no address for {self.name}"))
-
-
-async def _with_hostaddr(reactor: Reactor, params: dict[str, str]) -> dict[str, str]:
-    """Resolve every host name in `params` and add `hostaddr`, keeping `host` for TLS checks."""
-    if "hostaddr" in params or not params.get("host"):
-        return params
-    hosts = params["host"].split(",")
-    ports = params.get("port", "").split(",")
-    if len(ports) == 1:
-        ports *= len(hosts)
-    if len(ports) != len(hosts):
-        return params  # libpq reports the mismatch
-    entries: list[tuple[str, str, str]] = []
-    for host, port in zip(hosts, ports):
-        for address in await _addresses(reactor, host):
-            entries.append((host, address, port))
-    if not any(address for _, address, _ in entries):
-        return params  # Unix sockets only
-    hosts, addresses, ports = (list(column) for column in zip(*entries))
-    params = dict(params, host=",".join(hosts), hostaddr=",".join(addresses))
-    if any(ports):
-        params["port"] = ",".join(ports)
-    return params
-
-
-def _addresses(reactor: Reactor, host: str) -> Deferred[list[str]]:
-    """The addresses to try for one `host` entry ("" for a socket directory: libpq uses `host`)."""
-    if not host or host.startswith(("/", "@")):
-        return succeed([""])
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        receiver = _Addresses(host)
-        reactor.nameResolver.resolveHostName(receiver, host)
-        return receiver.result
-    return succeed([host])
-
-
 def _interaction(cursor: Cursor, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
     """Call an interaction function; a coroutine it returns is run as a Deferred."""
     result = fn(cursor, *args, **kw)
@@ -226,12 +135,12 @@ def _interaction(cursor: Cursor, fn: Callable[..., Any], args: tuple[Any, ...], 
 class _Slot:
     """One place in the pool: its connection when up, the call running on it, its pending attempt."""
 
+    backoff: Backoff  # delays between this place's failed connection attempts
     conn: _Connection | None = None
     op: _Operation | None = None
     attempt: Deferred[_Connection] | None = None  # a connection attempt in progress
     opening: _Connection | None = None  # the connection that attempt is opening
     timer: IDelayedCall | None = None  # the next attempt, or the running attempt's deadline
-    failures: int = 0
 
 
 @dataclass(eq=False)
@@ -274,27 +183,21 @@ class Database(Service):
         if pool_size < 1 or connect_timeout <= 0 or query_timeout <= 0 or reconnect_delay <= 0 or max_waiting < 0:
             raise ValueError("pool_size must be at least 1, timeouts and delays positive, max_waiting not negative")
         self.redacted_dsn = redact_dsn(dsn)
-        self._secrets = _secrets(dsn)
-        try:
-            self._params = parse_dsn(dsn)
-        except psycopg2.Error as error:
-            reason = _scrub(describe_error(error), self._secrets)
-            raise ValueError(f"invalid database URL {self.redacted_dsn}: {reason}") from None
+        self._secrets = dsn_secrets(dsn)
+        self._params = libpq_params(dsn)
         self._reactor = reactor
         self._connect_timeout = connect_timeout
         self._query_timeout = query_timeout
-        self._reconnect_delay = reconnect_delay
-        self._max_reconnect_delay = max(max_reconnect_delay, reconnect_delay)
         self._max_waiting = max_waiting
-        self._slots = [_Slot() for _ in range(pool_size)]
+        policy = backoff_policy(reconnect_delay, max_reconnect_delay, jitter=_RECONNECT_JITTER)
+        self._slots = [_Slot(Backoff(policy)) for _ in range(pool_size)]
         self._idle: list[_Slot] = []
         self._waiting: deque[_Operation] = deque()
         self._connected_waiters: list[Deferred[None]] = []
         self._attempt_waiters: list[Deferred[None]] = []
         self._drained: Deferred[None] | None = None
-        self._last_warning: tuple[str, str] | None = None
-        self._last_warning_at = 0.0
-        self._suppressed = 0
+        # Connection trouble, from the first failure until a connection opens again.
+        self._trouble = FailureEpisode(reactor, repeat_every=_LOG_REPEAT_INTERVAL)
         #: Why a connection last failed to open or was lost (password-free); None once one is up again.
         self.last_error: str | None = None
 
@@ -412,7 +315,7 @@ class Database(Service):
         slot.attempt.addCallbacks(self._opened, self._open_failed, callbackArgs=(slot,), errbackArgs=(slot,))
 
     async def _open(self, slot: _Slot) -> _Connection:
-        params = await _with_hostaddr(self._reactor, self._params)
+        params = await with_hostaddr(self._reactor, self._params)
         conn = slot.opening = _Connection(self._reactor, partial(self._connection_lost, slot))
         await conn.connect(**params)
         await conn.runOperation("SET statement_timeout = %s", (max(1, round(self._query_timeout * 1000)),))
@@ -428,7 +331,7 @@ class Database(Service):
     def _opened(self, conn: _Connection, slot: _Slot) -> None:
         self._cancel_timer(slot)
         slot.attempt = slot.opening = None
-        slot.failures = 0
+        slot.backoff.succeeded()
         if not self.running:
             conn.close()
             return
@@ -436,8 +339,12 @@ class Database(Service):
         slot.conn = conn
         self._release(slot)
         if first:
-            self.log.info("database connected: {dsn}", dsn=self.redacted_dsn)
-            self._last_warning = self.last_error = None
+            # Trouble ends when the pool has a connection again; a connection lost and reopened
+            # while others stay up does not end it, so a flapping connection logs once a minute.
+            connected = "database connected: {dsn}"
+            if not self._trouble.recovered(self.log, connected, dsn=self.redacted_dsn):
+                self.log.info(connected, dsn=self.redacted_dsn)
+            self.last_error = None
             waiters, self._connected_waiters = self._connected_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -451,9 +358,7 @@ class Database(Service):
         slot.attempt = slot.opening = None
         if not self.running:
             return
-        slot.failures += 1
-        backoff = self._reconnect_delay * 2 ** min(slot.failures - 1, 16) * random.uniform(0.8, 1.2)
-        slot.timer = self._reactor.callLater(min(backoff, self._max_reconnect_delay), self._retry, slot)
+        slot.timer = self._reactor.callLater(slot.backoff.failed(), self._retry, slot)
         self.last_error = f"no answer within {self._connect_timeout:g}s" if timed_out else self._describe(failure)
         if not self.connected:
             self._fail_waiting(self._unavailable())
@@ -596,13 +501,8 @@ class Database(Service):
         return DatabaseUnavailable(f"database unavailable: {self.last_error or 'not connected yet'}")
 
     def _describe(self, failure: Failure) -> str:
-        return _scrub(describe_error(failure), self._secrets)
+        return describe(failure, self._secrets)
 
     def _warn(self, message: str, error: str) -> None:
-        """Log a warning, but an identical one at most once a minute (with a count of those skipped)."""
-        now = self._reactor.seconds()
-        if self._last_warning == (message, error) and now - self._last_warning_at < _LOG_REPEAT_INTERVAL:
-            self._suppressed += 1
-            return
-        self.log.warn(message, error=error, dsn=self.redacted_dsn, suppressed=self._suppressed)
-        self._last_warning, self._last_warning_at, self._suppressed = (message, error), now, 0
+        """Log a connection failure, but an identical one at most once a minute (with a count of those held)."""
+        self._trouble.failed(self.log, message, key=(message, error), error=error, dsn=self.redacted_dsn)
