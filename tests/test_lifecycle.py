@@ -208,7 +208,8 @@ class ListenerTests(SynchronousTestCase):
         with self.assertRaises(StartupError) as raised:
             service.privilegedStartService()
         self.assertEqual(
-            str(raised.exception), "listen EADDRINUSE: address already in use /run/x.sock (set LISTEN, or stop the process using it: lsof /run/x.sock)"
+            str(raised.exception),
+            "listen EADDRINUSE: address already in use /run/x.sock (set LISTEN, or stop the process using it: lsof /run/x.sock)",
         )
 
     def test_other_failure(self):

@@ -106,8 +106,10 @@ class GatewayService(MultiService):
         """
         http = self.config.http
         outcome: list[Any] = []
-        self.parts.http.endpoint.listen(self.parts.http.site).addBoth(outcome.append)
+        listening = self.parts.http.endpoint.listen(self.parts.http.site)
+        listening.addBoth(outcome.append)
         if not outcome:
+            listening.cancel()
             raise StartupError(f"{http.listen_variable}: {http.endpoint} does not listen at once; use a tcp:, unix: or systemd: endpoint")
         result = outcome[0]
         if isinstance(result, Failure):
@@ -128,14 +130,15 @@ class GatewayService(MultiService):
         if self._handle_signals:
             self.install_signal_handlers()
         self.parts.health.state.started = True
-        address = self.port.getHost() if self.port is not None else None
+        assert self.port is not None, "startService listens before the reactor runs"
+        address = self.port.getHost()
         self.log.info(
             "smoltbot {version} starting: role={role} python={python_version} kv={kv_mode} listening on {address}",
             version=self.config.gateway_version,
             role=self.config.role,
             python_version=platform.python_version(),
             kv_mode=self.config.kv.mode,
-            address=describe_address(address) if address is not None else self.config.http.endpoint,
+            address=describe_address(address),
             host=getattr(address, "host", None),
             port=getattr(address, "port", None),
             pid=os.getpid(),

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
+from twisted.internet.endpoints import serverFromString
+
 from smoltbot import __version__
 
 ROLES = ("gateway", "scheduler", "all")
@@ -38,7 +40,7 @@ def _text(raw: str) -> str:
     return raw
 
 
-def _positive_float(minimum: float, allow_zero: bool = False) -> Callable[[str], float]:
+def _seconds(minimum: float, allow_zero: bool = False) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw)
@@ -143,8 +145,6 @@ def _endpoint(raw: str) -> str:
     A Twisted server endpoint description, parsed here (without a reactor: parsing binds nothing)
     so that a bad one is reported with the other configuration problems, before anything starts.
     """
-    from twisted.internet.endpoints import serverFromString
-
     try:
         serverFromString(None, raw)
     except IndexError:
@@ -242,8 +242,6 @@ def _analysis_needs_key(values: Mapping[str, object]) -> bool:
     return bool(values["aip_enabled"]) and values["integrity.analyze_url"] is None
 
 
-_seconds = _positive_float
-
 KNOBS: tuple[Knob, ...] = (
     # Required (DESIGN §1.1); reported together, in this order, when missing.
     Knob("DATABASE_URL", "database.url", _postgres_dsn, Required(), "PostgreSQL DSN"),
@@ -309,7 +307,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("UPSTREAM_CONNECT_TIMEOUT_SECONDS", "proxy.connect_timeout", _seconds(0.01), 10.0, "timeout of a connection to a provider"),
     Knob("UPSTREAM_TTFB_TIMEOUT_SECONDS", "proxy.ttfb_timeout", _seconds(0.01), 300.0, "longest wait for response headers"),
     Knob("UPSTREAM_IDLE_TIMEOUT_SECONDS", "proxy.idle_timeout", _seconds(0.01), 120.0, "longest silence within a response"),
-    Knob("UPSTREAM_MAX_CONNECTIONS_PER_HOST", "proxy.max_connections_per_host", _bounded_int(1, 1_000_000), 1024, "idle connections kept per provider"),
+    Knob(
+        "UPSTREAM_MAX_CONNECTIONS_PER_HOST", "proxy.max_connections_per_host", _bounded_int(1, 1_000_000), 1024,
+        "idle connections kept per provider",
+    ),
     Knob("UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS", "proxy.keepalive_timeout", _seconds(0.1), 60.0, "how long an idle connection is kept"),
     # Request records and agent rows.
     Knob("RECORDER_ENABLED", "recorder.enabled", _boolean, True, "request records and agent rows on or off"),
@@ -321,7 +322,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("RECORDER_BATCH_SIZE", "recorder.batch_size", _bounded_int(1, 10_000), 500, "records per INSERT"),
     Knob("RECORDER_FLUSH_INTERVAL_SECONDS", "recorder.flush_interval", _seconds(0.01), 1.0, "longest a record waits in memory"),
     Knob("RECORDER_WRITE_TIMEOUT_SECONDS", "recorder.write_timeout", _seconds(0.1), 5.0, "timeout of an INSERT"),
-    Knob("RECORDER_STOP_TIMEOUT_SECONDS", "recorder.stop_timeout", _seconds(0, allow_zero=True), 5.0, "time left to queued records at shutdown"),
+    Knob(
+        "RECORDER_STOP_TIMEOUT_SECONDS", "recorder.stop_timeout", _seconds(0, allow_zero=True), 5.0,
+        "time left to queued records at shutdown",
+    ),
     Knob(
         "RECORDER_SPOOL_SEGMENT_BYTES", "recorder.spool_segment_bytes", _bounded_int(64 * 1024, 1 << 32), 16 * 1024 * 1024,
         "size of one spool file",
