@@ -122,7 +122,14 @@ async def check_config(reactor: Any, environ: Mapping[str, str]) -> dict[str, An
     except ConfigError as e:
         return {"ok": False, "checks": {"config": {"ok": False, "error": f"{type(e).__name__}: {e}"}}}
     checks: dict[str, Any] = {
-        "config": {"ok": True, "role": config.role, "port": config.http.port, "listen": config.http.endpoint, "kv_mode": config.kv.mode, "aip_enabled": config.aip_enabled}
+        "config": {
+            "ok": True,
+            "role": config.role,
+            "port": config.http.port,
+            "listen": config.http.endpoint,
+            "kv_mode": config.kv.mode,
+            "aip_enabled": config.aip_enabled,
+        }
     }
     checks["postgresql"], checks["migrations"] = await _check_database(reactor, config)
     checks["redis"] = await _check_redis(reactor, config)

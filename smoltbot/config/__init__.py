@@ -12,7 +12,7 @@ import os
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from smoltbot.config.knobs import DEFAULT_HEARTBEAT_URL, DEFAULT_UPSTREAMS, KNOBS, LOG_LEVELS, ROLES, Knob, is_postgres_dsn
+from smoltbot.config.knobs import DEFAULT_HEARTBEAT_URL, DEFAULT_UPSTREAMS, KNOBS, LOG_LEVELS, ROLES, Knob, Required, is_postgres_dsn
 from smoltbot.config.sections import SECTIONS, Config
 
 __all__ = [
@@ -62,7 +62,7 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, object] | No
         if knob.alias_for is None:
             values[knob.target] = _read(knob, environ, env, overrides, values, problems)
 
-    missing = [k.variable for k in KNOBS if k.required and k.variable not in env and k.default.applies(values)]
+    missing = [k.variable for k in KNOBS if isinstance(k.default, Required) and k.variable not in env and k.default.applies(values)]
     if missing:
         raise EnvValidationError(missing)
     if problems:
