@@ -21,6 +21,13 @@ class Options(usage.Options):
         ["role", "r", None, "gateway, scheduler or all (overrides SMOLTBOT_ROLE)"],
         ["port", "p", None, "TCP port to listen on (overrides PORT)"],
         ["host", None, None, "address to listen on (overrides HOST)"],
+        [
+            "listen",
+            None,
+            None,
+            "endpoint to listen on, e.g. tcp:8787:interface=127.0.0.1, unix:/run/smoltbot/http.sock or "
+            "systemd:domain=INET:index=0 (overrides LISTEN, PORT and HOST)",
+        ],
     ]
 
     longdesc = (
@@ -67,7 +74,7 @@ def makeService(options: Options) -> MultiService:
     from smoltbot.config import ConfigError, config_from_environment
     from smoltbot.logs import write_fatal
 
-    overrides: dict[str, Any] = {"role": options["role"], "port": options["port"], "host": options["host"]}
+    overrides: dict[str, Any] = {name: options[name] for name in ("role", "port", "host", "listen")}
     try:
         config = config_from_environment(overrides)
     except ConfigError as e:
@@ -76,6 +83,6 @@ def makeService(options: Options) -> MultiService:
 
     from twisted.internet import reactor
 
-    from smoltbot.app.lifecycle import build_daemon
+    from smoltbot.app.compose import build_daemon
 
     return _TwistdRoot(build_daemon(config, reactor))

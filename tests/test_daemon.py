@@ -3,19 +3,27 @@ End-to-end tests of the real daemon process (`twistd -n smoltbot`): startup, con
 errors, health, logging and shutdown — the troubleshooting cases of docs/TROUBLESHOOTING.md.
 """
 
+import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 
 import psycopg2
 
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from tests.faultproxy import FaultProxy
-from tests.process import base_env, free_port, get_json, start_daemon
+from tests.process import BIN, ChildProcess, base_env, free_port, get_json, start_daemon
 from tests.support import new_database, new_state_dir
 from tests.test_recorder import migrated_database
 from tests.test_records import make_record
@@ -23,6 +31,17 @@ from tests.test_records import make_record
 
 def started(record):
     return "starting: role=" in record["message"]
+
+
+@implementer(IAgentEndpointFactory)
+class _UnixSocket:
+    """Sends every request of an `Agent` to one UNIX socket."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def endpointForURI(self, uri):
+        return UNIXClientEndpoint(reactor, self.path)
 
 
 class DaemonProcessTests(TestCase):
@@ -78,8 +97,6 @@ class DaemonProcessTests(TestCase):
 
     async def _ready_when(self, condition, attempts=200):
         """Query /health/ready until `condition(body)` holds (each probe round takes 0.5 s)."""
-        from twisted.internet.task import deferLater
-
         for _ in range(attempts):
             code, body = await get_json(self.port, "/health/ready")
             if condition(body):
@@ -115,6 +132,59 @@ class DaemonProcessTests(TestCase):
         expected = f"listen EADDRINUSE: address already in use 127.0.0.1:{port} (set PORT, or stop the process using it: lsof -i :{port})"
         self.assertIn(expected, daemon.stderr)
         self.assertTrue(any(r["message"] == expected for r in daemon.records))
+
+    async def test_listen_endpoint(self):
+        """LISTEN takes an endpoint description: on TCP port 0 the startup line names the port the OS chose."""
+        daemon = start_daemon(self, base_env(DATABASE_URL=self.database_url, LISTEN="tcp:0:interface=127.0.0.1", PORT="1"))
+        line = json.loads(await daemon.wait_for(started))
+        port = line["port"]
+        self.assertGreater(port, 1)
+        self.assertIn(f"listening on 127.0.0.1:{port}", line["message"])
+        self.assertEqual((await get_json(port, "/health/live"))[0], 200)
+        daemon.signal("TERM")
+        self.assertEqual(await daemon.wait_exit(), 0)
+
+    async def test_listen_unix_socket(self):
+        """`--listen unix:PATH` serves HTTP on a UNIX socket, named in the startup line."""
+        path = os.path.join(tempfile.mkdtemp(prefix="smoltbot-sock-"), "http.sock")
+        daemon = start_daemon(self, self.env(), args=("--listen", f"unix:{path}"))
+        line = json.loads(await daemon.wait_for(started))
+        self.assertIn(f"listening on {path}", line["message"])
+        agent = Agent.usingEndpointFactory(reactor, _UnixSocket(path), pool=HTTPConnectionPool(reactor, persistent=False))
+        response = await agent.request(b"GET", b"http://localhost/health/live").addTimeout(10, reactor)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(await readBody(response))["status"], "ok")
+        daemon.signal("TERM")
+        self.assertEqual(await daemon.wait_exit(), 0)
+
+    async def test_bad_listen(self):
+        """A LISTEN that is no endpoint description stops the daemon with exit 1 and a configuration error naming LISTEN."""
+        daemon = start_daemon(self, self.env(LISTEN="tcp:port=http"))
+        self.assertEqual(await daemon.wait_exit(), 1)
+        self.assertIn("LISTEN: must be a server endpoint such as tcp:8787", daemon.stderr)
+
+    async def test_socket_activation(self):
+        """With LISTEN=systemd:domain=INET:index=0 the daemon serves on the socket systemd (here systemd-socket-activate) passes."""
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise SkipTest("systemd-socket-activate is not installed")
+        port = free_port()
+        env = self.env(LISTEN="systemd:domain=INET:index=0")
+        argv = [activate, "--listen", f"127.0.0.1:{port}", "--fdname=http"]
+        argv += [f"--setenv={name}={value}" for name, value in env.items()]
+        argv += [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "smoltbot"]
+        daemon = ChildProcess(argv, {"PATH": env["PATH"]})
+        self.addCleanup(daemon.kill)
+        for _ in range(200):
+            if "Listening on" in daemon.stderr:
+                break
+            await deferLater(reactor, 0.05)
+        code, body = await get_json(port, "/health/live")  # the first connection starts the daemon
+        self.assertEqual((code, body["status"]), (200, "ok"))
+        line = json.loads(await daemon.wait_for(started))
+        self.assertIn(f"listening on 127.0.0.1:{port}", line["message"])
+        daemon.signal("TERM")
+        self.assertEqual(await daemon.wait_exit(), 0)
 
     async def test_redis_unreachable_degrades(self):
         """REDIS_URL pointing at nothing: the gateway runs, readiness is 503 degraded with redis.ok false and a latency."""
@@ -280,8 +350,6 @@ class PluginTests(TestCase):
 
     async def test_twistd_help_lists_smoltbot(self):
         """`twistd --help` lists the smoltbot plugin, and `twistd smoltbot --help` its options."""
-        from tests.process import BIN, ChildProcess
-
         child = ChildProcess([str(BIN / "twistd"), "--help"], base_env())
         self.addCleanup(child.kill)
         self.assertEqual(await child.wait_exit(), 0)
@@ -290,5 +358,5 @@ class PluginTests(TestCase):
         self.addCleanup(child.kill)
         await child.wait_exit()
         text = "\n".join(child.lines)
-        for option in ("--role", "--port", "--host"):
+        for option in ("--role", "--port", "--host", "--listen"):
             self.assertIn(option, text)

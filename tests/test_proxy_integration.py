@@ -591,7 +591,7 @@ class DaemonTests(TestCase):
     async def test_stream_drains_then_pool_closes(self) -> None:
         """A stream in flight at shutdown runs to its end; then the upstream pool's connections are closed."""
         from smoltbot.config import load_config
-        from smoltbot.app.lifecycle import GatewayService
+        from smoltbot.app.compose import build_service
 
         clock = Clock()
         fake = FakeProvider(clock, Knobs(events=4, event_size=16))
@@ -610,7 +610,7 @@ class DaemonTests(TestCase):
             "PORT": str(port),
             "ANTHROPIC_UPSTREAM_URL": base,
         }
-        service = GatewayService(load_config(environ), reactor)
+        service = build_service(load_config(environ), reactor)
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
 

@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
 from smoltbot.config import load_config
-from smoltbot.app.lifecycle import GatewayService
+from smoltbot.app.compose import build_service
 from smoltbot.extract import extractor_for
 from smoltbot.fakeprovider import FakeProvider, Knobs
 from smoltbot.logs import make_observer
@@ -126,11 +126,11 @@ class RecordingHarness(TestCase):
                 **env,
             }
         )
-        self.service = GatewayService(config, reactor)
+        self.service = build_service(config, reactor)
         self.service.startService()
         self.addCleanup(self.stop)
         self.base = f"http://127.0.0.1:{self.service.listening_port}"
-        await self.service.database.when_connected()
+        await self.service.parts.store.database.when_connected()
 
     async def stop(self) -> None:
         if self.service.running:
@@ -254,7 +254,7 @@ class OutageTests(RecordingHarness):
         rows = query(self.dsn, "SELECT request_id, count(*) FROM request_records GROUP BY request_id")
         self.assertEqual(sorted(r for r, _ in rows), sorted(sent))
         self.assertEqual({count for _, count in rows}, {1})
-        await self.until(lambda: self.service.recorder.spool_backlog.spool_bytes == 0)
+        await self.until(lambda: self.service.parts.records.recorder.spool_backlog.spool_bytes == 0)
 
     async def test_concurrent_first_requests_create_one_agent(self) -> None:
         """Many simultaneous first requests of a new agent leave exactly one agents row."""
@@ -307,8 +307,8 @@ class SecretsTests(RecordingHarness):
         await self.paced(treq.content(response))
         self.assertEqual(response.code, 200)
         self.assertTrue(any(markers["reply"].encode() in body for body in bodies))  # the markers did travel
-        await self.until(lambda: self.service.recorder.spool_backlog.spool_bytes > 0)
-        spool = b"".join(p.read_bytes() for p in Path(self.service.config.spool_dir).rglob("*") if p.is_file())
+        await self.until(lambda: self.service.parts.records.recorder.spool_backlog.spool_bytes > 0)
+        spool = b"".join(p.read_bytes() for p in Path(self.service.config.recorder.spool_dir).rglob("*") if p.is_file())
         metrics = await (await treq.get(self.base + "/metrics", persistent=False)).content()
         self.db_proxy.mode = "relay"
         await self.until(lambda: len(self.records()) == 7)
@@ -356,7 +356,7 @@ class DisabledTests(RecordingHarness):
     async def test_recorder_off(self) -> None:
         """With RECORDER_ENABLED=false requests are proxied and nothing is recorded or registered."""
         await self.start(RECORDER_ENABLED="false")
-        self.assertIsNone(self.service.recorder)
+        self.assertIsNone(self.service.parts.records)
         status, _, _ = await self.send("anthropic", "sk-off", False)
         self.assertEqual(status, 200)
         await self.stop()

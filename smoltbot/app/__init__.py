@@ -1,3 +1,5 @@
 """
-The daemon as a whole: `lifecycle` (start order, signals, readiness notification, the draining shutdown).
+The daemon as a whole: `compose` (which parts a process has, one builder per feature),
+`lifecycle` (start order, listener, signals, the draining shutdown) and `sdnotify` (readiness
+notification to systemd).
 """

@@ -35,17 +35,17 @@ async def _check_database(reactor: Any, config: Config) -> tuple[dict[str, Any],
     from smoltbot.store.migrate import pending_migrations
 
     database = Database(
-        config.database_url,
+        config.database.url,
         reactor=reactor,
         pool_size=1,
-        connect_timeout=config.database_connect_timeout,
-        query_timeout=config.database_query_timeout,
+        connect_timeout=config.database.connect_timeout,
+        query_timeout=config.database.query_timeout,
     )
     database.startService()
-    target = redact_dsn(config.database_url)
+    target = redact_dsn(config.database.url)
     try:
         try:
-            latency = await _until_answers(reactor, database.ping, config.database_connect_timeout + 1)
+            latency = await _until_answers(reactor, database.ping, config.database.connect_timeout + 1)
         except Exception as e:
             failed = {"ok": False, "target": target, "error": describe(e)}
             return failed, {"ok": False, "error": "database unreachable"}
@@ -66,19 +66,19 @@ async def _check_redis(reactor: Any, config: Config) -> dict[str, Any]:
     from smoltbot.store.kv import make_kv, parse_redis_url
     from smoltbot.metrics import Metrics
 
-    if config.redis_url is None:
+    if config.kv.redis_url is None:
         return {"ok": True, "mode": "memory", "note": "REDIS_URL unset: each process keeps its own in-memory KV"}
     kv = make_kv(
-        config.redis_url,
+        config.kv.redis_url,
         reactor=reactor,
         metrics=Metrics(config.gateway_version),
-        op_timeout=config.redis_op_timeout,
-        connect_timeout=config.redis_connect_timeout,
+        op_timeout=config.kv.op_timeout,
+        connect_timeout=config.kv.connect_timeout,
     )
     kv.startService()
-    target = str(parse_redis_url(config.redis_url))
+    target = str(parse_redis_url(config.kv.redis_url))
     try:
-        latency = await _until_answers(reactor, kv.ping, config.redis_connect_timeout + 1)
+        latency = await _until_answers(reactor, kv.ping, config.kv.connect_timeout + 1)
         return {"ok": True, "mode": "redis", "target": target, "latencyMs": round(latency, 1)}
     except Exception as e:
         return {"ok": False, "mode": "redis", "target": target, "error": describe(e)}
@@ -89,14 +89,14 @@ async def _check_redis(reactor: Any, config: Config) -> dict[str, Any]:
 def _check_license(config: Config) -> dict[str, Any]:
     from smoltbot.health.license import judge_license
 
-    if not config.license_jwt:
+    if not config.license.jwt:
         return {"ok": True, "note": "no license configured"}
     judgement = judge_license(
-        config.license_jwt,
+        config.license.jwt,
         now=time.time(),
-        leeway=config.license_leeway,
-        public_key=config.license_public_key,
-        secret=config.license_secret,
+        leeway=config.license.leeway,
+        public_key=config.license.public_key,
+        secret=config.license.secret,
     )
     result: dict[str, Any] = {"ok": judgement.ok}
     if judgement.warning:
@@ -119,7 +119,14 @@ async def check_config(reactor: Any, environ: Mapping[str, str]) -> dict[str, An
     except ConfigError as e:
         return {"ok": False, "checks": {"config": {"ok": False, "error": f"{type(e).__name__}: {e}"}}}
     checks: dict[str, Any] = {
-        "config": {"ok": True, "role": config.role, "port": config.port, "kv_mode": config.kv_mode, "aip_enabled": config.aip_enabled}
+        "config": {
+            "ok": True,
+            "role": config.role,
+            "port": config.http.port,
+            "listen": config.http.endpoint,
+            "kv_mode": config.kv.mode,
+            "aip_enabled": config.aip_enabled,
+        }
     }
     checks["postgresql"], checks["migrations"] = await _check_database(reactor, config)
     checks["redis"] = await _check_redis(reactor, config)

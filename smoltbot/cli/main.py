@@ -51,10 +51,10 @@ def _database_command(command: Callable[..., Any], **options: Any) -> int:
     async def main(reactor: Any) -> int:
         return await command(
             reactor,
-            config.database_url,
+            config.database.url,
             write=_stdout,
-            connect_timeout=config.database_connect_timeout,
-            query_timeout=config.database_query_timeout,
+            connect_timeout=config.database.connect_timeout,
+            query_timeout=config.database.query_timeout,
             **options,
         )
 
@@ -90,11 +90,11 @@ def _cmd_license(args: argparse.Namespace) -> int:
 
     config = _config_or_exit(_stderr)
     text, code = license_report(
-        config.license_jwt,
+        config.license.jwt,
         now=time.time(),
-        leeway=config.license_leeway,
-        public_key=config.license_public_key,
-        secret=config.license_secret,
+        leeway=config.license.leeway,
+        public_key=config.license.public_key,
+        secret=config.license.secret,
     )
     _stdout(text)
     return code

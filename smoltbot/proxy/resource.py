@@ -81,18 +81,18 @@ class ProviderProxy:
         """The proxy a daemon runs with `config`: its upstreams, pool, limits and timeouts."""
         client = UpstreamClient(
             reactor,
-            max_connections_per_host=config.upstream_max_connections_per_host,
-            keepalive_timeout=config.upstream_keepalive_timeout,
-            connect_timeout=config.upstream_connect_timeout,
+            max_connections_per_host=config.proxy.max_connections_per_host,
+            keepalive_timeout=config.proxy.keepalive_timeout,
+            connect_timeout=config.proxy.connect_timeout,
         )
         return cls(
-            upstreams=config.upstreams,
+            upstreams=config.proxy.upstreams,
             client=client,
             clock=reactor,
             metrics=metrics,
-            max_concurrent_requests=config.max_concurrent_requests,
-            ttfb_timeout=config.upstream_ttfb_timeout,
-            idle_timeout=config.upstream_idle_timeout,
+            max_concurrent_requests=config.proxy.max_concurrent_requests,
+            ttfb_timeout=config.proxy.ttfb_timeout,
+            idle_timeout=config.proxy.idle_timeout,
             observe=observe,
         )
 
