@@ -12,7 +12,7 @@ import os
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from smoltbot.config.knobs import DEFAULT_HEARTBEAT_URL, DEFAULT_UPSTREAMS, KNOBS, LOG_LEVELS, ROLES, Knob, Required, is_postgres_dsn
+from smoltbot.config.knobs import DEFAULT_HEARTBEAT_URL, DEFAULT_UPSTREAMS, KNOBS, LOG_LEVELS, ROLES, Knob, Required
 from smoltbot.config.sections import SECTIONS, Config
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "LOG_LEVELS",
     "ROLES",
     "config_from_environment",
-    "is_postgres_dsn",
     "load_config",
 ]
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from twisted.internet.endpoints import serverFromString
 
 from smoltbot import __version__
+from smoltbot.store.dsn import is_postgres_dsn
 
 ROLES = ("gateway", "scheduler", "all")
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -97,23 +98,6 @@ def _redis_url(raw: str) -> str:
     if not parts.hostname:
         raise ValueError("must name a host")
     return raw
-
-
-_LIBPQ_KEYWORD = re.compile(r"^\s*(\w+)\s*=")
-
-
-def is_postgres_dsn(raw: str) -> bool:
-    """Whether `raw` is a PostgreSQL URL (postgres:// or postgresql://) or a libpq key=value DSN."""
-    if "://" in raw:
-        parts = urlsplit(raw)
-        if parts.scheme not in ("postgres", "postgresql"):
-            return False
-        try:
-            parts.port
-        except ValueError:
-            return False
-        return bool(parts.hostname or "host=" in parts.query)
-    return bool(_LIBPQ_KEYWORD.match(raw)) and all("=" in token for token in raw.split() if token.strip())
 
 
 def _postgres_dsn(raw: str) -> str:
